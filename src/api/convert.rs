@@ -1,0 +1,52 @@
+//! Domain records to proto messages.
+
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::domain::{Course, Enrollment, Student};
+
+fn timestamp(micros: i64) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        // In 0..1_000_000_000, so the cast cannot truncate.
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    })
+}
+
+impl From<Student> for pb::Student {
+    fn from(s: Student) -> Self {
+        pb::Student {
+            id: s.id,
+            name: s.name,
+            email: s.email,
+            create_time: timestamp(s.create_time),
+        }
+    }
+}
+
+impl From<Course> for pb::Course {
+    fn from(c: Course) -> Self {
+        pb::Course {
+            id: c.id,
+            code: c.code,
+            title: c.title,
+            capacity: c.capacity,
+            enrolled: c.enrolled,
+            create_time: timestamp(c.create_time),
+        }
+    }
+}
+
+impl From<Enrollment> for pb::Enrollment {
+    fn from(e: Enrollment) -> Self {
+        pb::Enrollment {
+            student_id: e.student_id,
+            course_id: e.course_id,
+            enroll_time: timestamp(e.enroll_time),
+        }
+    }
+}
+
+pub(super) fn all<T, P: From<T>>(items: Vec<T>) -> Vec<P> {
+    items.into_iter().map(P::from).collect()
+}

@@ -1,0 +1,87 @@
+//! The one place where service errors become gRPC statuses.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::{Error, Resource};
+
+/// The `domain` of every google.rpc.ErrorInfo we send.
+const ERROR_DOMAIN: &str = "school.v1";
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let (code, reason, metadata) = classify(&err);
+        log(&err, code);
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+        if let Error::InvalidArgument(violations) = &err {
+            for violation in violations {
+                details.add_bad_request_violation(violation.field, &violation.description);
+            }
+        }
+        Status::with_error_details(code, err.to_string(), details)
+    }
+}
+
+fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
+    let meta = |pairs: &[(&str, String)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    };
+    match err {
+        Error::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT", HashMap::new()),
+        Error::NotFound(Resource::Student, id) => (
+            Code::NotFound,
+            "STUDENT_NOT_FOUND",
+            meta(&[("student_id", id.to_string())]),
+        ),
+        Error::NotFound(Resource::Course, id) => (
+            Code::NotFound,
+            "COURSE_NOT_FOUND",
+            meta(&[("course_id", id.to_string())]),
+        ),
+        Error::NotEnrolled {
+            student_id,
+            course_id,
+        } => (
+            Code::NotFound,
+            "NOT_ENROLLED",
+            meta(&[
+                ("student_id", student_id.to_string()),
+                ("course_id", course_id.to_string()),
+            ]),
+        ),
+        Error::EmailTaken(email) => (
+            Code::AlreadyExists,
+            "EMAIL_TAKEN",
+            meta(&[("email", email.clone())]),
+        ),
+        Error::CourseCodeTaken(code) => (
+            Code::AlreadyExists,
+            "COURSE_CODE_TAKEN",
+            meta(&[("code", code.clone())]),
+        ),
+        Error::CourseFull(id) => (
+            Code::FailedPrecondition,
+            "COURSE_FULL",
+            meta(&[("course_id", id.to_string())]),
+        ),
+        Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
+        Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
+        Error::Internal(_) => (Code::Internal, "INTERNAL", HashMap::new()),
+    }
+}
+
+/// Failures of ours are logged with their cause, which the client never sees; a client's own
+/// mistakes are not worth more than the per-call log line.
+fn log(err: &Error, code: Code) {
+    let cause = std::error::Error::source(err).map(|source| source.to_string());
+    match err {
+        Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
+        Error::Unavailable(_) | Error::Conflict(_) => tracing::warn!(?code, cause, "{err}"),
+        _ => {}
+    }
+}

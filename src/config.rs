@@ -1,0 +1,158 @@
+//! Command line and environment: every setting is a flag and an environment variable.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::store::PoolSettings;
+
+/// gRPC service that enrolls students in courses (school.v1), over SQLite or PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "student-service", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Database: `sqlite:PATH` (created if missing) or `postgres://USER@HOST:PORT/DB`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite:student-service.db",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Maximum number of database connections in the pool.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// How long a call waits for a free database connection before it fails with UNAVAILABLE
+    /// (e.g. `500ms`, `3s`).
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub database_acquire_timeout: Duration,
+
+    /// Log format: human-readable `text` or one JSON object per line. Levels come from RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations, print what was applied, and exit.
+    Migrate,
+    /// Check the database's integrity and exit non-zero if any rule is broken.
+    Verify,
+}
+
+/// Settings of the server itself (used when no subcommand is given).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// How often the health probe checks the database.
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.database_max_connections,
+            acquire_timeout: self.database_acquire_timeout,
+        }
+    }
+}
+
+/// `250ms`, `3s` or `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 3s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!(
+            "{text:?} is not a duration such as 500ms, 3s or 1m"
+        )),
+    }
+}
+
+/// The URL with any password replaced by `***`, fit for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let mut redacted = url.to_owned();
+    // postgres://user:password@host/db
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let start = scheme_end + 3 + colon + 1;
+            redacted.replace_range(start..scheme_end + 3 + at, "***");
+        }
+    }
+    // ...?password=secret&...
+    if let Some(pos) = redacted.find("password=") {
+        let start = pos + "password=".len();
+        let end = redacted[start..]
+            .find('&')
+            .map_or(redacted.len(), |i| start + i);
+        redacted.replace_range(start..end, "***");
+    }
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cr@t@db:5432/school"),
+            "postgres://app:***@db:5432/school"
+        );
+        assert_eq!(
+            redact("postgres://db/school?user=app&password=s3cret&sslmode=require"),
+            "postgres://db/school?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("sqlite:student-service.db"),
+            "sqlite:student-service.db"
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The rules of the service: what a valid request is, the records it deals in, and paging.
+//! Nothing here knows about gRPC or SQL.
+
+mod page;
+mod requests;
+
+pub use page::{Listing, Page, PageRequest};
+pub use requests::{
+    NewCourse, NewStudent, SearchQuery, StudentCourse, parse_list_of, parse_list_students,
+    parse_search, parse_single_id, parse_student_course,
+};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A student as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Student {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    /// Microseconds since the Unix epoch.
+    pub create_time: i64,
+}
+
+/// A course as stored, with its live enrollment count.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Course {
+    pub id: i64,
+    pub code: String,
+    pub title: String,
+    /// 0 means unlimited.
+    pub capacity: i32,
+    pub enrolled: i32,
+    /// Microseconds since the Unix epoch.
+    pub create_time: i64,
+}
+
+/// One student enrolled in one course.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    pub student_id: i64,
+    pub course_id: i64,
+    /// Microseconds since the Unix epoch.
+    pub enroll_time: i64,
+}
+
+/// The current time in microseconds since the Unix epoch, the unit every stored time uses.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

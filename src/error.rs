@@ -1,0 +1,80 @@
+//! The one error type of the service. Domain rules and the store produce it; `api::status` turns
+//! it into a gRPC status, in one place.
+
+use std::fmt;
+
+/// A resource the API exposes, named in NOT_FOUND messages and reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Student,
+    Course,
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resource::Student => "student",
+            Resource::Course => "course",
+        })
+    }
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Every invalid field of the request, reported at once.
+    #[error("{}", describe_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    #[error("{0} {1} not found")]
+    NotFound(Resource, i64),
+
+    #[error("student {student_id} is not enrolled in course {course_id}")]
+    NotEnrolled { student_id: i64, course_id: i64 },
+
+    #[error("a student with email {0:?} already exists")]
+    EmailTaken(String),
+
+    #[error("a course with code {0:?} already exists")]
+    CourseCodeTaken(String),
+
+    #[error("course {0} is full")]
+    CourseFull(i64),
+
+    /// A concurrent change got in the way (a deadlock or serialization failure); safe to retry.
+    #[error("the request conflicted with a concurrent change; retry it")]
+    Conflict(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// The database cannot be reached or has no free connection.
+    #[error("the database is unavailable; retry later")]
+    Unavailable(#[source] sqlx::Error),
+
+    /// Anything else. The source is logged, never shown to the client.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    format!("invalid request: {}", parts.join("; "))
+}

@@ -1,0 +1,102 @@
+use std::{error::Error, process::ExitCode};
+
+use clap::Parser;
+use student_service::{
+    config::{self, Cli, Command},
+    server::{self, ServerSettings},
+    store::Store,
+    telemetry,
+};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{}", chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
+    let store = Store::connect(&cli.database_url, &cli.pool_settings()).await?;
+    let database = config::redact(&cli.database_url);
+    match cli.command {
+        Some(Command::Migrate) => {
+            let applied = store.migrate().await?;
+            if applied.is_empty() {
+                println!("{database}: up to date, nothing to apply");
+            }
+            for migration in applied {
+                println!(
+                    "{database}: applied {} {}",
+                    migration.version, migration.description
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Verify) => {
+            let violations = store.verify().await?;
+            for violation in &violations {
+                println!("{database}: VIOLATION {violation}");
+            }
+            if violations.is_empty() {
+                println!("{database}: ok, all integrity checks passed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{database}: {} violation(s)", violations.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        None => {
+            for migration in store.migrate().await? {
+                tracing::info!(
+                    version = migration.version,
+                    description = migration.description,
+                    "migration applied"
+                );
+            }
+            let listener = TcpListener::bind(cli.serve.listen).await?;
+            tracing::info!(address = %listener.local_addr()?, database, "listening");
+            let settings = ServerSettings {
+                health_interval: cli.serve.health_interval,
+                drain_timeout: cli.serve.drain_timeout,
+            };
+            server::serve(listener, store, settings, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!("cannot listen for SIGTERM ({err}); only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+fn chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}

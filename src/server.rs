@@ -1,0 +1,144 @@
+//! The gRPC server: our two services, health and reflection on one port, until shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    api::{
+        CourseApi, StudentApi,
+        logging::RpcLogLayer,
+        pb::{
+            self, course_service_server::CourseServiceServer,
+            student_service_server::StudentServiceServer,
+        },
+    },
+    store::Store,
+};
+
+/// The names health reports on: the whole server and each of our services.
+const HEALTH_NAMES: [&str; 3] = ["", "school.v1.StudentService", "school.v1.CourseService"];
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// How often the health probe pings the database.
+    pub health_interval: Duration,
+    /// How long in-flight calls may run after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            health_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` completes, then: health turns NOT_SERVING, the server
+/// stops accepting, in-flight calls finish (for at most the drain timeout), and the pool closes.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    let probe = tokio::spawn(probe_database(
+        store.clone(),
+        reporter.clone(),
+        settings.health_interval,
+    ));
+
+    let draining = Arc::new(Notify::new());
+    let stop_accepting = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            stop_probe(probe).await;
+            set_health(&reporter, ServingStatus::NotServing).await;
+            draining.notify_one();
+        }
+    };
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let server = Server::builder()
+        .layer(RpcLogLayer)
+        .add_service(StudentServiceServer::new(StudentApi::new(store.clone())))
+        .add_service(CourseServiceServer::new(CourseApi::new(store.clone())))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(settings.drain_timeout).await;
+        } => tracing::warn!(timeout = ?settings.drain_timeout, "drain timeout passed; abandoning calls still in flight"),
+    }
+    // Calls abandoned by the drain timeout may still hold connections; do not wait for them.
+    if tokio::time::timeout(Duration::from_secs(1), store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database pool did not close in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+async fn stop_probe(probe: JoinHandle<()>) {
+    probe.abort();
+    let _ = probe.await;
+}
+
+/// Pings the database every `interval`; health follows its answer: NOT_SERVING while it is
+/// unreachable, SERVING again once it answers.
+async fn probe_database(store: Store, reporter: HealthReporter, interval: Duration) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let reachable = matches!(
+            tokio::time::timeout(interval, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if reachable != serving {
+            serving = reachable;
+            if serving {
+                tracing::info!("database reachable again: health SERVING");
+                set_health(&reporter, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable: health NOT_SERVING");
+                set_health(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! How database errors become service errors. Driver text never leaves this process: it stays
+//! inside the `Error` as its source and is logged where the error becomes a gRPC status.
+
+use sqlx::error::{DatabaseError, ErrorKind};
+
+use crate::error::Error;
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Error::Unavailable(err),
+            sqlx::Error::Database(db) if is_unavailable(db.as_ref()) => Error::Unavailable(err),
+            sqlx::Error::Database(db) if is_conflict(db.as_ref()) => Error::Conflict(Box::new(err)),
+            _ => Error::Internal(Box::new(err)),
+        }
+    }
+}
+
+/// The database is there but cannot serve us now: SQLite busy or locked (which the busy timeout
+/// should prevent), or PostgreSQL connection failures, resource limits and shutdown.
+fn is_unavailable(db: &dyn DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes live in the low byte: SQLITE_BUSY = 5, SQLITE_LOCKED = 6.
+        return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+    }
+    ["08", "53", "57P"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+/// PostgreSQL serialization failure or deadlock: nothing was written and a retry may succeed.
+fn is_conflict(db: &dyn DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+        && matches!(db.code().as_deref(), Some("40001" | "40P01"))
+}
+
+pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    kind(err) == Some(ErrorKind::UniqueViolation)
+}
+
+pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    kind(err) == Some(ErrorKind::ForeignKeyViolation)
+}
+
+/// Raised by the seat-counting trigger of the migrations on both backends.
+pub(super) fn is_course_full(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.message() == "COURSE_FULL")
+}
+
+fn kind(err: &sqlx::Error) -> Option<ErrorKind> {
+    match err {
+        sqlx::Error::Database(db) => Some(db.kind()),
+        _ => None,
+    }
+}

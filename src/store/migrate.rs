@@ -1,0 +1,47 @@
+//! Versioned migrations, embedded in the binary: one folder per dialect.
+
+use std::collections::HashSet;
+
+use sqlx::migrate::{MigrateError, Migrator};
+
+use super::{Store, with_pool};
+
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// A migration that a run applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub version: i64,
+    pub description: String,
+}
+
+impl Store {
+    /// Applies every migration the database does not have yet and returns those it applied
+    /// (none when it is up to date). Safe to run from several replicas at once: sqlx holds a
+    /// database lock while it migrates.
+    pub async fn migrate(&self) -> Result<Vec<Applied>, MigrateError> {
+        let before = self.applied_versions().await;
+        let migrator = match self {
+            Store::Sqlite(_) => &SQLITE,
+            Store::Postgres(_) => &POSTGRES,
+        };
+        with_pool!(self, pool => migrator.run(pool).await)?;
+        Ok(migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
+            .map(|m| Applied {
+                version: m.version,
+                description: m.description.to_string(),
+            })
+            .collect())
+    }
+
+    /// The versions already applied; none when the bookkeeping table does not exist yet.
+    async fn applied_versions(&self) -> HashSet<i64> {
+        const SQL: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+        let versions: Result<Vec<i64>, _> =
+            with_pool!(self, pool => sqlx::query_scalar(SQL).fetch_all(pool).await);
+        versions.unwrap_or_default().into_iter().collect()
+    }
+}

@@ -1,0 +1,115 @@
+//! Storage: one seam over SQLite and PostgreSQL, chosen at start from the database URL.
+//!
+//! Both backends run the same SQL (`$1` placeholders, `RETURNING` and `ON CONFLICT` exist in
+//! both); where the dialects differ, the difference lives in the migrations (`migrations/sqlite`,
+//! `migrations/postgres`), which also hold the integrity rules: seat counting and the capacity
+//! limit are triggers, so every write is a single atomic statement on either backend.
+
+mod courses;
+mod enrollments;
+mod errors;
+mod migrate;
+mod students;
+mod verify;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use migrate::Applied;
+pub use verify::Violation;
+
+/// Connection pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before it fails with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+/// An open database of either kind. Cloning is cheap (pools are shared handles).
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same expression against whichever pool the store holds. The expression is
+/// compiled once per backend, so it must type-check against both.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("unsupported database URL {0:?}: expected sqlite:PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot open the database: {0}")]
+    Open(#[from] sqlx::Error),
+}
+
+impl Store {
+    /// Opens a pool for `url` (`sqlite:PATH`, created if missing, or `postgres://...`). Does not
+    /// apply migrations: see [`Store::migrate`].
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Store, ConnectError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(open_sqlite(url, settings).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(open_postgres(url, settings).await?))
+        } else {
+            Err(ConnectError::UnsupportedUrl(crate::config::redact(url)))
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+    }
+
+    /// Waits for every connection to be returned, then closes them all.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await);
+    }
+}
+
+async fn open_sqlite(url: &str, settings: &PoolSettings) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .foreign_keys(true)
+        // WAL lets readers run while one writer writes; NORMAL sync is durable across process
+        // crashes in WAL mode (only an OS crash or power loss can lose the last commits).
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        // Writers queue on SQLite's lock instead of failing; every write is a single statement,
+        // so waiting can never deadlock.
+        .busy_timeout(Duration::from_secs(5));
+    SqlitePoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        // A file database does not drop connections; checking each one costs a query per call.
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+}
+
+async fn open_postgres(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("student-service");
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        // A broken connection fails its query with an I/O error (UNAVAILABLE to that caller) and
+        // is then discarded; pinging before every query would double the round trips.
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+}

@@ -1,0 +1,86 @@
+use super::{Store, errors::is_unique_violation, with_pool};
+use crate::{
+    domain::{NewStudent, PageRequest, Student},
+    error::{Error, Resource, Result},
+};
+
+const INSERT: &str = "INSERT INTO students (name, email, create_time) VALUES ($1, $2, $3) \
+                      RETURNING id, name, email, create_time";
+const SELECT: &str = "SELECT id, name, email, create_time FROM students WHERE id = $1";
+const SELECT_PAGE: &str = "SELECT id, name, email, create_time FROM students \
+                           WHERE id > $1 ORDER BY id LIMIT $2";
+const DELETE: &str = "DELETE FROM students WHERE id = $1";
+const EXISTS: &str = "SELECT id FROM students WHERE id = $1";
+// The primary key (student_id, course_id) does not serve this lookup; the index
+// student_courses_by_course (course_id, student_id) does, already in student order.
+const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time \
+    FROM student_courses sc JOIN students s ON s.id = sc.student_id \
+    WHERE sc.course_id = $1 AND sc.student_id > $2 ORDER BY sc.student_id LIMIT $3";
+
+impl Store {
+    pub async fn create_student(&self, student: &NewStudent, now: i64) -> Result<Student> {
+        let created = with_pool!(self, pool => sqlx::query_as(INSERT)
+            .bind(&student.name)
+            .bind(&student.email)
+            .bind(now)
+            .fetch_one(pool)
+            .await);
+        created.map_err(|err| {
+            if is_unique_violation(&err) {
+                Error::EmailTaken(student.email.clone())
+            } else {
+                err.into()
+            }
+        })
+    }
+
+    pub async fn get_student(&self, id: i64) -> Result<Student> {
+        let found: Option<Student> =
+            with_pool!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
+        found.ok_or(Error::NotFound(Resource::Student, id))
+    }
+
+    /// Up to `page.fetch_limit()` students after `page.after`, by id.
+    pub async fn list_students(&self, page: &PageRequest) -> Result<Vec<Student>> {
+        Ok(with_pool!(self, pool => sqlx::query_as(SELECT_PAGE)
+            .bind(page.after)
+            .bind(page.fetch_limit())
+            .fetch_all(pool)
+            .await)?)
+    }
+
+    /// Deletes the student; the foreign keys cascade to their enrollments and the seat trigger
+    /// frees each seat, all in this one statement.
+    pub async fn delete_student(&self, id: i64) -> Result<()> {
+        let deleted = with_pool!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+        if deleted == 0 {
+            return Err(Error::NotFound(Resource::Student, id));
+        }
+        Ok(())
+    }
+
+    pub async fn student_exists(&self, id: i64) -> Result<bool> {
+        let found: Option<i64> = with_pool!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
+        Ok(found.is_some())
+    }
+
+    /// Up to `page.fetch_limit()` students of a course after `page.after`, by id; NOT_FOUND when
+    /// the course does not exist.
+    pub async fn list_students_in(
+        &self,
+        course_id: i64,
+        page: &PageRequest,
+    ) -> Result<Vec<Student>> {
+        let students: Vec<Student> = with_pool!(self, pool => sqlx::query_as(SELECT_PAGE_IN_COURSE)
+            .bind(course_id)
+            .bind(page.after)
+            .bind(page.fetch_limit())
+            .fetch_all(pool)
+            .await)?;
+        // Rows prove the course exists; only an empty page needs the extra look-up.
+        if students.is_empty() && !self.course_exists(course_id).await? {
+            return Err(Error::NotFound(Resource::Course, course_id));
+        }
+        Ok(students)
+    }
+}
