@@ -1,0 +1,424 @@
+//! Test harness: the real server on 127.0.0.1:0 over a fresh database, called with the generated
+//! tonic clients over real HTTP/2.
+//!
+//! Every scenario runs on SQLite (a file in a temporary directory) and on PostgreSQL (a fresh
+//! database, dropped afterwards) when `TEST_DATABASE_URL` names a server to create them on.
+//! Without it the PostgreSQL runs are skipped, except under `CI=true`, where they fail.
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use sqlx::{Connection, Executor, PgConnection};
+use student_service::{
+    api::pb::{
+        self, course_service_client::CourseServiceClient,
+        student_service_client::StudentServiceClient,
+    },
+    server::{self, ServerSettings},
+    store::{PoolSettings, Store},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+/// Declares `sqlite::NAME` and `postgres::NAME` tests for each `async fn NAME(Backend)` given.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = $crate::helpers::Backend::postgres() {
+                        super::$name(backend).await
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Sqlite,
+    /// The server on which to create a fresh database per test.
+    Postgres {
+        admin_url: String,
+    },
+}
+
+impl Backend {
+    /// PostgreSQL from `TEST_DATABASE_URL`; `None` (skip) without it, a panic under CI.
+    pub(crate) fn postgres() -> Option<Backend> {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => Some(Backend::Postgres { admin_url }),
+            _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("CI=true but TEST_DATABASE_URL is not set: the PostgreSQL suite must run")
+            }
+            _ => {
+                eprintln!("skipped: set TEST_DATABASE_URL=postgres://... to run on PostgreSQL");
+                None
+            }
+        }
+    }
+}
+
+/// A database that exists for one test and is removed when dropped.
+pub(crate) struct TestDatabase {
+    pub(crate) url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Directory(#[allow(dead_code)] tempfile::TempDir),
+    DropPostgres { admin_url: String, name: String },
+}
+
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+impl TestDatabase {
+    pub(crate) async fn create(backend: &Backend) -> TestDatabase {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite:{}", dir.path().join("school.db").display());
+                TestDatabase {
+                    url,
+                    cleanup: Cleanup::Directory(dir),
+                }
+            }
+            Backend::Postgres { admin_url } => {
+                let name = format!(
+                    "school_test_{}_{}",
+                    std::process::id(),
+                    DATABASES.fetch_add(1, Ordering::Relaxed)
+                );
+                let mut admin = PgConnection::connect(admin_url)
+                    .await
+                    .expect("TEST_DATABASE_URL must reach a PostgreSQL server");
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                    )))
+                    .await
+                    .expect("drop stale test database");
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+                    .await
+                    .expect("create test database");
+                let url = with_database(admin_url, &name);
+                TestDatabase {
+                    url,
+                    cleanup: Cleanup::DropPostgres {
+                        admin_url: admin_url.clone(),
+                        name,
+                    },
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Cleanup::DropPostgres { admin_url, name } = &self.cleanup else {
+            return;
+        };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        let drop_sql = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+        // Drop runs inside the test's runtime, where blocking on another future is not allowed,
+        // and also while a failed test unwinds: a thread of its own serves both.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                admin.execute(sqlx::AssertSqlSafe(drop_sql)).await.map(drop)
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {name}: {dropped:?}");
+        }
+    }
+}
+
+/// `postgres://user@host:port/other?x` -> `postgres://user@host:port/NAME?x`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut result = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        result.push('?');
+        result.push_str(query);
+    }
+    result
+}
+
+/// `postgres://user@host:port/db` -> `postgres://user@HOST_PORT/db`.
+fn with_host(url: &str, host_port: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let user_end = url[authority_start..authority_end]
+        .rfind('@')
+        .map_or(authority_start, |i| authority_start + i + 1);
+    format!("{}{host_port}{}", &url[..user_end], &url[authority_end..])
+}
+
+pub(crate) fn pool_settings() -> PoolSettings {
+    PoolSettings {
+        max_connections: 8,
+        acquire_timeout: Duration::from_secs(3),
+    }
+}
+
+/// A running server and clients connected to it.
+pub(crate) struct TestApp {
+    pub(crate) students: StudentServiceClient<Channel>,
+    pub(crate) courses: CourseServiceClient<Channel>,
+    pub(crate) health: HealthClient<Channel>,
+    pub(crate) channel: Channel,
+    /// A connection of the test's own, to check what the database holds.
+    pub(crate) store: Store,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    pub(crate) database: TestDatabase,
+}
+
+impl TestApp {
+    pub(crate) async fn spawn(backend: Backend) -> TestApp {
+        TestApp::spawn_on(
+            TestDatabase::create(&backend).await,
+            ServerSettings::default(),
+        )
+        .await
+    }
+
+    /// Starts the server the way `main` does: migrate, bind, serve.
+    pub(crate) async fn spawn_on(database: TestDatabase, settings: ServerSettings) -> TestApp {
+        let url = database.url.clone();
+        TestApp::spawn_serving(database, &url, settings).await
+    }
+
+    /// Like `spawn_on`, with the server reaching PostgreSQL through `host_port` (a proxy).
+    pub(crate) async fn spawn_via(
+        database: TestDatabase,
+        host_port: &str,
+        settings: ServerSettings,
+    ) -> TestApp {
+        let url = with_host(&database.url, host_port);
+        TestApp::spawn_serving(database, &url, settings).await
+    }
+
+    async fn spawn_serving(
+        database: TestDatabase,
+        server_url: &str,
+        settings: ServerSettings,
+    ) -> TestApp {
+        let store = Store::connect(server_url, &pool_settings())
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop.await;
+            };
+            server::serve(listener, store, settings, stop)
+                .await
+                .expect("server ran");
+        });
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the server");
+        let check_store = Store::connect(&database.url, &pool_settings())
+            .await
+            .expect("connect");
+        TestApp {
+            students: StudentServiceClient::new(channel.clone()),
+            courses: CourseServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel.clone()),
+            channel,
+            store: check_store,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            database,
+        }
+    }
+
+    /// Shuts the server down gracefully, proving that it stops, and hands back its database.
+    pub(crate) async fn stop(mut self) -> TestDatabase {
+        self.shutdown_server().await;
+        self.store.close().await;
+        let TestApp { database, .. } = self;
+        database
+    }
+
+    pub(crate) async fn shutdown_server(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(15), server)
+                .await
+                .expect("server stops within the drain timeout")
+                .expect("server task did not panic");
+        }
+    }
+
+    pub(crate) async fn create_student(&self, name: &str, email: &str) -> pb::Student {
+        self.students
+            .clone()
+            .create_student(pb::CreateStudentRequest {
+                name: name.into(),
+                email: email.into(),
+            })
+            .await
+            .expect("CreateStudent")
+            .into_inner()
+    }
+
+    pub(crate) async fn create_course(&self, code: &str, title: &str, capacity: i32) -> pb::Course {
+        self.courses
+            .clone()
+            .create_course(pb::CreateCourseRequest {
+                code: code.into(),
+                title: title.into(),
+                capacity,
+            })
+            .await
+            .expect("CreateCourse")
+            .into_inner()
+    }
+
+    pub(crate) async fn assign(
+        &self,
+        student_id: i64,
+        course_id: i64,
+    ) -> Result<pb::AssignCourseResponse, Status> {
+        self.students
+            .clone()
+            .assign_course(pb::AssignCourseRequest {
+                student_id,
+                course_id,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub(crate) async fn list_courses(
+        &self,
+        student_id: i64,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<pb::ListCoursesResponse, Status> {
+        self.students
+            .clone()
+            .list_courses(pb::ListCoursesRequest {
+                student_id,
+                page_size,
+                page_token: page_token.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub(crate) async fn get_course(&self, course_id: i64) -> pb::Course {
+        self.courses
+            .clone()
+            .get_course(pb::GetCourseRequest { course_id })
+            .await
+            .expect("GetCourse")
+            .into_inner()
+    }
+
+    /// Asserts the database passes every integrity check of `student-service verify`.
+    pub(crate) async fn assert_integrity(&self) {
+        let violations = self.store.verify().await.expect("verify runs");
+        assert!(
+            violations.is_empty(),
+            "integrity violations: {violations:?}"
+        );
+    }
+
+    /// The number of enrollment rows the database holds for a course.
+    pub(crate) async fn enrollment_rows(&self, course_id: i64) -> i64 {
+        const SQL: &str = "SELECT COUNT(*) FROM student_courses WHERE course_id = $1";
+        match &self.store {
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(course_id)
+                    .fetch_one(pool)
+                    .await
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(course_id)
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .expect("count rows")
+    }
+}
+
+/// Asserts a call failed with `code`, an ErrorInfo `reason`, and a message containing `message`.
+#[track_caller]
+pub(crate) fn assert_error<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason: &str,
+    message: &str,
+) -> Status {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .expect("every error carries an ErrorInfo");
+    assert_eq!(info.reason, reason, "unexpected reason: {status:?}");
+    assert_eq!(info.domain, "school.v1");
+    assert!(
+        status.message().contains(message),
+        "message {:?} should contain {message:?}",
+        status.message()
+    );
+    status
+}
+
+/// The fields named by the BadRequest detail of an INVALID_ARGUMENT status.
+pub(crate) fn violated_fields(status: &Status) -> Vec<String> {
+    let details = status.get_error_details();
+    let bad_request = details
+        .bad_request()
+        .expect("INVALID_ARGUMENT carries a BadRequest");
+    bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}

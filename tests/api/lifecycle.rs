@@ -1,0 +1,298 @@
+//! The service as operators see it: restarts, health, reflection, migrations, verify.
+
+use std::{process::Command, time::Duration};
+
+use student_service::{api::pb, server::ServerSettings};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_reflection::pb::{v1, v1alpha};
+
+use crate::{
+    helpers::{Backend, TestApp, TestDatabase, assert_error, on_both_backends},
+    proxy::Proxy,
+};
+
+on_both_backends!(
+    data_survives_a_restart,
+    health_is_serving_for_every_name_and_turns_not_serving_at_shutdown,
+    reflection_v1_and_v1alpha_describe_our_services,
+    migrations_apply_once,
+);
+
+async fn data_survives_a_restart(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    let course = app.create_course("CS-101", "Engines", 2).await;
+    let enrollment = app
+        .assign(ada.id, course.id)
+        .await
+        .expect("assign")
+        .enrollment;
+    let database = app.stop().await;
+
+    let app = TestApp::spawn_on(database, ServerSettings::default()).await;
+
+    let again = app.assign(ada.id, course.id).await.expect("assign again");
+    assert!(!again.created, "the enrollment survived the restart");
+    assert_eq!(again.enrollment, enrollment);
+    assert_eq!(app.get_course(course.id).await.enrolled, 1);
+    app.stop().await;
+}
+
+fn check(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.into(),
+    }
+}
+
+async fn health_is_serving_for_every_name_and_turns_not_serving_at_shutdown(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    let mut health = app.health.clone();
+    for service in ["", "school.v1.StudentService", "school.v1.CourseService"] {
+        let status = health
+            .check(check(service))
+            .await
+            .expect("Check")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let unknown = health.check(check("no.such.Service")).await;
+    assert_eq!(unknown.expect_err("unknown service").code(), Code::NotFound);
+    let mut watch = health.watch(check("")).await.expect("Watch").into_inner();
+    let first = watch.next().await.expect("a first status").expect("status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    app.shutdown_server().await;
+
+    let mut statuses = Vec::new();
+    while let Ok(Some(Ok(update))) =
+        tokio::time::timeout(Duration::from_secs(5), watch.next()).await
+    {
+        statuses.push(update.status);
+    }
+    assert!(
+        statuses.contains(&(ServingStatus::NotServing as i32)),
+        "the watcher saw NOT_SERVING before the stream ended: {statuses:?}"
+    );
+    app.stop().await;
+}
+
+async fn reflection_v1_and_v1alpha_describe_our_services(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    let mut v1_client =
+        v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = v1_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1 reflection")
+        .into_inner();
+    let v1_services = match responses
+        .next()
+        .await
+        .expect("a response")
+        .expect("ok")
+        .message_response
+    {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected v1 response {other:?}"),
+    };
+
+    let mut alpha_client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "school.v1.StudentService.AssignCourse".into(),
+            ),
+        ),
+    };
+    let mut responses = alpha_client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    let files = match responses
+        .next()
+        .await
+        .expect("a response")
+        .expect("ok")
+        .message_response
+    {
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(
+            files,
+        )) => files.file_descriptor_proto,
+        other => panic!("unexpected v1alpha response {other:?}"),
+    };
+
+    for service in [
+        "school.v1.StudentService",
+        "school.v1.CourseService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            v1_services.iter().any(|s| s == service),
+            "{service} missing from {v1_services:?}"
+        );
+    }
+    let names: Vec<String> = files
+        .iter()
+        .map(|bytes| {
+            prost::Message::decode(bytes.as_slice())
+                .map(|f: prost_types::FileDescriptorProto| f.name().to_owned())
+        })
+        .collect::<Result<_, _>>()
+        .expect("descriptors decode");
+    assert!(
+        names.iter().any(|n| n == "school/v1/student_service.proto"),
+        "{names:?}"
+    );
+    app.stop().await;
+}
+
+async fn migrations_apply_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    let applied = app.store.migrate().await.expect("migrate again");
+
+    assert!(applied.is_empty(), "nothing left to apply: {applied:?}");
+    app.stop().await;
+}
+
+fn binary(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run student-service");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_migrate_and_verify_commands_report_what_they_did() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let url = database.url.as_str();
+
+    let (ok, first) = binary(&["migrate", "--database-url", url]);
+    assert!(ok && first.contains("applied 1 schema"), "{first}");
+    let (ok, second) = binary(&["migrate", "--database-url", url]);
+    assert!(ok && second.contains("up to date"), "{second}");
+    let (ok, verified) = binary(&["verify", "--database-url", url]);
+    assert!(
+        ok && verified.contains("all integrity checks passed"),
+        "{verified}"
+    );
+
+    // Break a rule behind the service's back: a count that disagrees with the rows.
+    let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+    sqlx::query("INSERT INTO courses (code, title, title_folded, capacity, enrolled, create_time) VALUES ('X', 'X', 'x', 0, 3, 0)")
+        .execute(&pool)
+        .await
+        .expect("insert");
+    pool.close().await;
+    let (ok, broken) = binary(&["verify", "--database-url", url]);
+    assert!(!ok, "verify must fail: {broken}");
+    assert!(
+        broken.contains("VIOLATION enrolled count: course 1 says 3 enrolled but has 0"),
+        "{broken}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_health_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let database = TestDatabase::create(&backend).await;
+    let target = postgres_address(&database.url).await;
+    let proxy = Proxy::start(target).await;
+    let settings = ServerSettings {
+        health_interval: Duration::from_millis(200),
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_via(database, &proxy.address.to_string(), settings).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    let mut health = app.health.clone();
+
+    proxy.cut().await;
+    let down = wait_for_health(&mut health, ServingStatus::NotServing).await;
+    let started = std::time::Instant::now();
+    let during = app
+        .students
+        .clone()
+        .get_student(pb::GetStudentRequest { student_id: ada.id })
+        .await;
+    let failed_after = started.elapsed();
+    proxy.restore();
+    let up = wait_for_health(&mut health, ServingStatus::Serving).await;
+
+    assert!(down < Duration::from_secs(2), "NOT_SERVING after {down:?}");
+    assert_error(
+        during,
+        Code::Unavailable,
+        "DATABASE_UNAVAILABLE",
+        "unavailable",
+    );
+    assert!(
+        failed_after < Duration::from_secs(5),
+        "failed after {failed_after:?}"
+    );
+    assert!(up < Duration::from_secs(2), "SERVING again after {up:?}");
+    let after = app
+        .students
+        .clone()
+        .get_student(pb::GetStudentRequest { student_id: ada.id })
+        .await;
+    assert_eq!(
+        after.expect("served again without a restart").into_inner(),
+        ada
+    );
+    app.stop().await;
+}
+
+async fn wait_for_health(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    wanted: ServingStatus,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let status = health
+            .check(check(""))
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        if status == wanted as i32 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "health never became {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn postgres_address(url: &str) -> std::net::SocketAddr {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a postgres URL");
+    let host = format!("{}:{}", options.get_host(), options.get_port());
+    tokio::net::lookup_host(host)
+        .await
+        .expect("resolve")
+        .find(std::net::SocketAddr::is_ipv4)
+        .expect("an IPv4 address")
+}

@@ -1,0 +1,11 @@
+//! The integration suite: one binary, the real server, real databases, real HTTP/2.
+
+mod helpers;
+mod proxy;
+
+mod courses;
+mod enrollments;
+mod lifecycle;
+mod pagination;
+mod races;
+mod students;

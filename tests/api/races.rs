@@ -1,0 +1,155 @@
+//! Concurrency is correct by construction: racing callers on one server, on either backend.
+
+use std::collections::HashSet;
+
+use tonic::Code;
+
+use crate::helpers::{Backend, TestApp, on_both_backends};
+
+on_both_backends!(
+    racing_for_the_last_seats_admits_exactly_capacity,
+    racing_on_the_same_pair_creates_one_row,
+    churn_keeps_counts_equal_to_rows,
+);
+
+async fn racing_for_the_last_seats_admits_exactly_capacity(backend: Backend) {
+    const CALLERS: usize = 48;
+    const CAPACITY: i32 = 7;
+    let app = TestApp::spawn(backend).await;
+    let course = app
+        .create_course("HOT-1", "Everyone wants in", CAPACITY)
+        .await;
+    let mut students = Vec::new();
+    for i in 0..CALLERS {
+        students.push(
+            app.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
+                .await
+                .id,
+        );
+    }
+
+    let calls = students.iter().map(|&student| {
+        let mut client = app.students.clone();
+        tokio::spawn(async move {
+            client
+                .assign_course(student_service::api::pb::AssignCourseRequest {
+                    student_id: student,
+                    course_id: course.id,
+                })
+                .await
+                .map(|r| r.into_inner().created)
+        })
+    });
+    let results: Vec<_> = futures_join(calls).await;
+
+    let admitted = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::FailedPrecondition))
+        .count();
+    assert_eq!(admitted, CAPACITY as usize, "results: {results:?}");
+    assert_eq!(refused, CALLERS - CAPACITY as usize, "results: {results:?}");
+    assert_eq!(app.get_course(course.id).await.enrolled, CAPACITY);
+    assert_eq!(app.enrollment_rows(course.id).await, i64::from(CAPACITY));
+    app.assert_integrity().await;
+    app.stop().await;
+}
+
+async fn racing_on_the_same_pair_creates_one_row(backend: Backend) {
+    const CALLERS: usize = 32;
+    let app = TestApp::spawn(backend).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    let course = app.create_course("CS-101", "Engines", 1).await;
+
+    let calls = (0..CALLERS).map(|_| {
+        let mut client = app.students.clone();
+        tokio::spawn(async move {
+            client
+                .assign_course(student_service::api::pb::AssignCourseRequest {
+                    student_id: ada.id,
+                    course_id: course.id,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let results: Vec<_> = futures_join(calls).await;
+
+    let responses: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("every caller gets OK"))
+        .collect();
+    assert_eq!(responses.iter().filter(|r| r.created).count(), 1);
+    let enrollments: HashSet<_> = responses
+        .iter()
+        .map(|r| format!("{:?}", r.enrollment))
+        .collect();
+    assert_eq!(enrollments.len(), 1, "everyone sees the same enrollment");
+    assert_eq!(app.enrollment_rows(course.id).await, 1);
+    assert_eq!(app.get_course(course.id).await.enrolled, 1);
+    app.assert_integrity().await;
+    app.stop().await;
+}
+
+async fn churn_keeps_counts_equal_to_rows(backend: Backend) {
+    const STUDENTS: usize = 12;
+    const ROUNDS: usize = 6;
+    let app = TestApp::spawn(backend).await;
+    let course = app.create_course("CHURN-1", "Seats come and go", 3).await;
+    let mut students = Vec::new();
+    for i in 0..STUDENTS {
+        students.push(
+            app.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
+                .await
+                .id,
+        );
+    }
+
+    let workers = students.iter().map(|&student| {
+        let mut client = app.students.clone();
+        tokio::spawn(async move {
+            let mut unexpected = Vec::new();
+            for _ in 0..ROUNDS {
+                let assigned = client
+                    .assign_course(student_service::api::pb::AssignCourseRequest {
+                        student_id: student,
+                        course_id: course.id,
+                    })
+                    .await;
+                match assigned {
+                    Ok(_) => {
+                        if let Err(status) = client
+                            .unassign_course(student_service::api::pb::UnassignCourseRequest {
+                                student_id: student,
+                                course_id: course.id,
+                            })
+                            .await
+                        {
+                            unexpected.push(status);
+                        }
+                    }
+                    Err(status) if status.code() == Code::FailedPrecondition => {}
+                    Err(status) => unexpected.push(status),
+                }
+            }
+            unexpected
+        })
+    });
+    let unexpected: Vec<_> = futures_join(workers).await.into_iter().flatten().collect();
+
+    assert!(unexpected.is_empty(), "unexpected statuses: {unexpected:?}");
+    assert_eq!(app.get_course(course.id).await.enrolled, 0);
+    assert_eq!(app.enrollment_rows(course.id).await, 0);
+    app.assert_integrity().await;
+    app.stop().await;
+}
+
+/// Awaits every spawned task, in order.
+async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let tasks: Vec<_> = tasks.collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.expect("task did not panic"));
+    }
+    results
+}
