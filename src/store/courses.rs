@@ -10,18 +10,18 @@ const INSERT: &str = "INSERT INTO courses (code, title, title_folded, capacity, 
 const SELECT: &str =
     "SELECT id, code, title, capacity, enrolled, create_time FROM courses WHERE id = $1";
 const SELECT_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_time FROM courses \
-    WHERE id > $1 ORDER BY id LIMIT $2";
+    WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)";
 // Both patterns arrive folded and escaped (see domain::SearchQuery), so LIKE compares them as
 // plain text on both backends: case-insensitivity comes from the folding, not the dialect.
 const SEARCH_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_time FROM courses \
     WHERE id > $1 AND (code LIKE $2 ESCAPE '\\' OR title_folded LIKE $3 ESCAPE '\\') \
-    ORDER BY id LIMIT $4";
+    ORDER BY id LIMIT CAST($4 AS BIGINT)";
 const DELETE: &str = "DELETE FROM courses WHERE id = $1";
 const EXISTS: &str = "SELECT id FROM courses WHERE id = $1";
 // The primary key (student_id, course_id) serves this lookup in course order.
 const SELECT_PAGE_OF_STUDENT: &str = "SELECT c.id, c.code, c.title, c.capacity, c.enrolled, c.create_time \
     FROM student_courses sc JOIN courses c ON c.id = sc.course_id \
-    WHERE sc.student_id = $1 AND sc.course_id > $2 ORDER BY sc.course_id LIMIT $3";
+    WHERE sc.student_id = $1 AND sc.course_id > $2 ORDER BY sc.course_id LIMIT CAST($3 AS BIGINT)";
 
 impl Store {
     pub async fn create_course(&self, course: &NewCourse, now: i64) -> Result<Course> {

@@ -4,6 +4,11 @@
 //! both); where the dialects differ, the difference lives in the migrations (`migrations/sqlite`,
 //! `migrations/postgres`), which also hold the integrity rules: seat counting and the capacity
 //! limit are triggers, so every write is a single atomic statement on either backend.
+//!
+//! Page queries say `LIMIT CAST($n AS BIGINT)`, not `LIMIT $n`: SQLite's planner peeks at a bare
+//! LIMIT parameter, which marks the cached statement stale whenever a value is bound, so every
+//! call would parse and plan the query again (a fifth of the CPU of ListCourses, measured with
+//! perf). The cast hides the parameter from the planner and the prepared plan is reused.
 
 mod courses;
 mod enrollments;

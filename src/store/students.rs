@@ -8,14 +8,14 @@ const INSERT: &str = "INSERT INTO students (name, email, create_time) VALUES ($1
                       RETURNING id, name, email, create_time";
 const SELECT: &str = "SELECT id, name, email, create_time FROM students WHERE id = $1";
 const SELECT_PAGE: &str = "SELECT id, name, email, create_time FROM students \
-                           WHERE id > $1 ORDER BY id LIMIT $2";
+                           WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)";
 const DELETE: &str = "DELETE FROM students WHERE id = $1";
 const EXISTS: &str = "SELECT id FROM students WHERE id = $1";
 // The primary key (student_id, course_id) does not serve this lookup; the index
 // student_courses_by_course (course_id, student_id) does, already in student order.
 const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time \
     FROM student_courses sc JOIN students s ON s.id = sc.student_id \
-    WHERE sc.course_id = $1 AND sc.student_id > $2 ORDER BY sc.student_id LIMIT $3";
+    WHERE sc.course_id = $1 AND sc.student_id > $2 ORDER BY sc.student_id LIMIT CAST($3 AS BIGINT)";
 
 impl Store {
     pub async fn create_student(&self, student: &NewStudent, now: i64) -> Result<Student> {
