@@ -1,4 +1,4 @@
-use super::{Store, errors::is_unique_violation, with_pool};
+use super::{Store, errors::is_unique_violation, with_reader, with_writer};
 use crate::{
     domain::{Course, NewCourse, PageRequest, SearchQuery},
     error::{Error, Resource, Result},
@@ -25,7 +25,7 @@ const SELECT_PAGE_OF_STUDENT: &str = "SELECT c.id, c.code, c.title, c.capacity, 
 
 impl Store {
     pub async fn create_course(&self, course: &NewCourse, now: i64) -> Result<Course> {
-        let created = with_pool!(self, pool => sqlx::query_as(INSERT)
+        let created = with_writer!(self, pool => sqlx::query_as(INSERT)
             .bind(&course.code)
             .bind(&course.title)
             .bind(&course.title_folded)
@@ -44,7 +44,7 @@ impl Store {
 
     pub async fn get_course(&self, id: i64) -> Result<Course> {
         let found: Option<Course> =
-            with_pool!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
+            with_reader!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
         found.ok_or(Error::NotFound(Resource::Course, id))
     }
 
@@ -55,13 +55,13 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Vec<Course>> {
         let courses = if query.is_everything() {
-            with_pool!(self, pool => sqlx::query_as(SELECT_PAGE)
+            with_reader!(self, pool => sqlx::query_as(SELECT_PAGE)
                 .bind(page.after)
                 .bind(page.fetch_limit())
                 .fetch_all(pool)
                 .await)
         } else {
-            with_pool!(self, pool => sqlx::query_as(SEARCH_PAGE)
+            with_reader!(self, pool => sqlx::query_as(SEARCH_PAGE)
                 .bind(page.after)
                 .bind(&query.code_prefix)
                 .bind(&query.title_contains)
@@ -74,7 +74,7 @@ impl Store {
 
     /// Deletes the course; the foreign keys cascade to its enrollments in the same statement.
     pub async fn delete_course(&self, id: i64) -> Result<()> {
-        let deleted = with_pool!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+        let deleted = with_writer!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
         if deleted == 0 {
             return Err(Error::NotFound(Resource::Course, id));
         }
@@ -82,7 +82,7 @@ impl Store {
     }
 
     pub async fn course_exists(&self, id: i64) -> Result<bool> {
-        let found: Option<i64> = with_pool!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
+        let found: Option<i64> = with_reader!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
         Ok(found.is_some())
     }
 
@@ -93,7 +93,7 @@ impl Store {
         student_id: i64,
         page: &PageRequest,
     ) -> Result<Vec<Course>> {
-        let courses: Vec<Course> = with_pool!(self, pool => sqlx::query_as(SELECT_PAGE_OF_STUDENT)
+        let courses: Vec<Course> = with_reader!(self, pool => sqlx::query_as(SELECT_PAGE_OF_STUDENT)
             .bind(student_id)
             .bind(page.after)
             .bind(page.fetch_limit())

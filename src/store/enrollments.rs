@@ -1,7 +1,7 @@
 use super::{
     Store,
     errors::{is_course_full, is_foreign_key_violation},
-    with_pool,
+    with_reader, with_writer,
 };
 use crate::{
     domain::{Enrollment, StudentCourse},
@@ -29,7 +29,7 @@ impl Store {
             enroll_time,
         };
         for _ in 0..ASSIGN_TRIES {
-            let inserted: Result<Option<i64>, sqlx::Error> = with_pool!(self, pool =>
+            let inserted: Result<Option<i64>, sqlx::Error> = with_writer!(self, pool =>
                 sqlx::query_scalar(INSERT)
                     .bind(pair.student_id)
                     .bind(pair.course_id)
@@ -54,7 +54,7 @@ impl Store {
 
     /// Removes the enrollment; the seat trigger frees the seat in the same statement.
     pub async fn unassign(&self, pair: StudentCourse) -> Result<()> {
-        let deleted = with_pool!(self, pool => sqlx::query(DELETE)
+        let deleted = with_writer!(self, pool => sqlx::query(DELETE)
             .bind(pair.student_id)
             .bind(pair.course_id)
             .execute(pool)
@@ -67,7 +67,7 @@ impl Store {
     }
 
     async fn enroll_time(&self, pair: StudentCourse) -> Result<Option<i64>> {
-        Ok(with_pool!(self, pool => sqlx::query_scalar(SELECT)
+        Ok(with_reader!(self, pool => sqlx::query_scalar(SELECT)
             .bind(pair.student_id)
             .bind(pair.course_id)
             .fetch_optional(pool)

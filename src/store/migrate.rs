@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use sqlx::migrate::{MigrateError, Migrator};
 
-use super::{Store, with_pool};
+use super::{Store, with_reader, with_writer};
 
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
@@ -23,10 +23,10 @@ impl Store {
     pub async fn migrate(&self) -> Result<Vec<Applied>, MigrateError> {
         let before = self.applied_versions().await;
         let migrator = match self {
-            Store::Sqlite(_) => &SQLITE,
+            Store::Sqlite { .. } => &SQLITE,
             Store::Postgres(_) => &POSTGRES,
         };
-        with_pool!(self, pool => migrator.run(pool).await)?;
+        with_writer!(self, pool => migrator.run(pool).await)?;
         Ok(migrator
             .iter()
             .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
@@ -41,7 +41,7 @@ impl Store {
     async fn applied_versions(&self) -> HashSet<i64> {
         const SQL: &str = "SELECT version FROM _sqlx_migrations WHERE success";
         let versions: Result<Vec<i64>, _> =
-            with_pool!(self, pool => sqlx::query_scalar(SQL).fetch_all(pool).await);
+            with_reader!(self, pool => sqlx::query_scalar(SQL).fetch_all(pool).await);
         versions.unwrap_or_default().into_iter().collect()
     }
 }

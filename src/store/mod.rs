@@ -39,21 +39,37 @@ pub struct PoolSettings {
 /// An open database of either kind. Cloning is cheap (pools are shared handles).
 #[derive(Debug, Clone)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    /// SQLite allows one writer at a time. Writers wait for the single `writer` connection in
+    /// the pool's queue (in order, without spinning) instead of racing for the file lock, whose
+    /// busy handler sleeps and retries; reads run in parallel on `readers` (WAL mode).
+    Sqlite {
+        readers: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
-/// Runs the same expression against whichever pool the store holds. The expression is
-/// compiled once per backend, so it must type-check against both.
-macro_rules! with_pool {
+/// Runs the same read-only expression against whichever pool the store reads from. The
+/// expression is compiled once per backend, so it must type-check against both.
+macro_rules! with_reader {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Sqlite { readers: $pool, .. } => $body,
             $crate::store::Store::Postgres($pool) => $body,
         }
     };
 }
-pub(crate) use with_pool;
+
+/// Like `with_reader!`, for expressions that write.
+macro_rules! with_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite { writer: $pool, .. } => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use {with_reader, with_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -68,7 +84,10 @@ impl Store {
     /// apply migrations: see [`Store::migrate`].
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Store, ConnectError> {
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(open_sqlite(url, settings).await?))
+            let writer = open_sqlite(url, 1, settings.acquire_timeout).await?;
+            let readers =
+                open_sqlite(url, settings.max_connections, settings.acquire_timeout).await?;
+            Ok(Store::Sqlite { readers, writer })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(open_postgres(url, settings).await?))
         } else {
@@ -78,16 +97,25 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+        with_reader!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
     }
 
     /// Waits for every connection to be returned, then closes them all.
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await);
+        match self {
+            Store::Sqlite { readers, writer } => {
+                tokio::join!(readers.close(), writer.close());
+            }
+            Store::Postgres(pool) => pool.close().await,
+        }
     }
 }
 
-async fn open_sqlite(url: &str, settings: &PoolSettings) -> Result<SqlitePool, sqlx::Error> {
+async fn open_sqlite(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .foreign_keys(true)
@@ -95,12 +123,13 @@ async fn open_sqlite(url: &str, settings: &PoolSettings) -> Result<SqlitePool, s
         // crashes in WAL mode (only an OS crash or power loss can lose the last commits).
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        // Writers queue on SQLite's lock instead of failing; every write is a single statement,
-        // so waiting can never deadlock.
+        // Our writes queue for the one writer connection; this covers other processes (a
+        // `verify` or `migrate` run beside the server). Every write is a single statement, so
+        // waiting can never deadlock.
         .busy_timeout(Duration::from_secs(5));
     SqlitePoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
         // A file database does not drop connections; checking each one costs a query per call.
         .test_before_acquire(false)
         .connect_with(options)

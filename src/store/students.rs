@@ -1,4 +1,4 @@
-use super::{Store, errors::is_unique_violation, with_pool};
+use super::{Store, errors::is_unique_violation, with_reader, with_writer};
 use crate::{
     domain::{NewStudent, PageRequest, Student},
     error::{Error, Resource, Result},
@@ -19,7 +19,7 @@ const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time
 
 impl Store {
     pub async fn create_student(&self, student: &NewStudent, now: i64) -> Result<Student> {
-        let created = with_pool!(self, pool => sqlx::query_as(INSERT)
+        let created = with_writer!(self, pool => sqlx::query_as(INSERT)
             .bind(&student.name)
             .bind(&student.email)
             .bind(now)
@@ -36,13 +36,13 @@ impl Store {
 
     pub async fn get_student(&self, id: i64) -> Result<Student> {
         let found: Option<Student> =
-            with_pool!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
+            with_reader!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
         found.ok_or(Error::NotFound(Resource::Student, id))
     }
 
     /// Up to `page.fetch_limit()` students after `page.after`, by id.
     pub async fn list_students(&self, page: &PageRequest) -> Result<Vec<Student>> {
-        Ok(with_pool!(self, pool => sqlx::query_as(SELECT_PAGE)
+        Ok(with_reader!(self, pool => sqlx::query_as(SELECT_PAGE)
             .bind(page.after)
             .bind(page.fetch_limit())
             .fetch_all(pool)
@@ -52,7 +52,7 @@ impl Store {
     /// Deletes the student; the foreign keys cascade to their enrollments and the seat trigger
     /// frees each seat, all in this one statement.
     pub async fn delete_student(&self, id: i64) -> Result<()> {
-        let deleted = with_pool!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+        let deleted = with_writer!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
         if deleted == 0 {
             return Err(Error::NotFound(Resource::Student, id));
         }
@@ -60,7 +60,7 @@ impl Store {
     }
 
     pub async fn student_exists(&self, id: i64) -> Result<bool> {
-        let found: Option<i64> = with_pool!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
+        let found: Option<i64> = with_reader!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
         Ok(found.is_some())
     }
 
@@ -71,7 +71,7 @@ impl Store {
         course_id: i64,
         page: &PageRequest,
     ) -> Result<Vec<Student>> {
-        let students: Vec<Student> = with_pool!(self, pool => sqlx::query_as(SELECT_PAGE_IN_COURSE)
+        let students: Vec<Student> = with_reader!(self, pool => sqlx::query_as(SELECT_PAGE_IN_COURSE)
             .bind(course_id)
             .bind(page.after)
             .bind(page.fetch_limit())

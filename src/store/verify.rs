@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{Store, with_pool};
+use super::{Store, with_reader};
 
 /// One broken rule, described for an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +64,13 @@ impl Store {
     /// Runs every check; an empty list means the database is sound.
     pub async fn verify(&self) -> Result<Vec<Violation>, sqlx::Error> {
         let backend_checks: &[(&str, &str)] = match self {
-            Store::Sqlite(_) => SQLITE_CHECKS,
+            Store::Sqlite { .. } => SQLITE_CHECKS,
             Store::Postgres(_) => &[],
         };
         let mut violations = Vec::new();
         for &(check, sql) in backend_checks.iter().chain(CHECKS) {
             let details: Vec<String> =
-                with_pool!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await)?;
+                with_reader!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await)?;
             violations.extend(
                 details
                     .into_iter()

@@ -369,7 +369,7 @@ impl TestApp {
     pub(crate) async fn enrollment_rows(&self, course_id: i64) -> i64 {
         const SQL: &str = "SELECT COUNT(*) FROM student_courses WHERE course_id = $1";
         match &self.store {
-            Store::Sqlite(pool) => {
+            Store::Sqlite { readers: pool, .. } => {
                 sqlx::query_scalar(SQL)
                     .bind(course_id)
                     .fetch_one(pool)
