@@ -3,7 +3,10 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -15,6 +18,7 @@ use crate::{
             student_service_server::StudentServiceServer,
         },
     },
+    security::{RequireToken, Security},
     store::Store,
 };
 
@@ -27,6 +31,8 @@ pub struct ServerSettings {
     pub health_interval: Duration,
     /// How long in-flight calls may run after shutdown begins.
     pub drain_timeout: Duration,
+    /// TLS and token authentication; off by default.
+    pub security: Security,
 }
 
 impl Default for ServerSettings {
@@ -34,6 +40,7 @@ impl Default for ServerSettings {
         ServerSettings {
             health_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            security: Security::default(),
         }
     }
 }
@@ -42,6 +49,8 @@ impl Default for ServerSettings {
 pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up TLS")]
+    Tls(#[source] tonic::transport::Error),
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -81,13 +90,38 @@ pub async fn serve(
             // google.rpc.ErrorInfo and BadRequest, so reflection clients can decode error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let server = Server::builder()
+    // Our services require a token when there are tokens; reflection only if asked to (it lets
+    // grpcurl discover the API); health never (load balancers and Kubernetes probe it bare).
+    let security = settings.security;
+    let authenticate = RequireToken::new(security.tokens.clone());
+    let authenticate_reflection = if security.auth_reflection {
+        authenticate.clone()
+    } else {
+        RequireToken::default()
+    };
+    let mut builder = Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    let server = builder
         .layer(RpcLogLayer)
-        .add_service(StudentServiceServer::new(StudentApi::new(store.clone())))
-        .add_service(CourseServiceServer::new(CourseApi::new(store.clone())))
+        .add_service(InterceptedService::new(
+            StudentServiceServer::new(StudentApi::new(store.clone())),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            CourseServiceServer::new(CourseApi::new(store.clone())),
+            authenticate,
+        ))
         .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+        .add_service(InterceptedService::new(
+            reflection().build_v1()?,
+            authenticate_reflection.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            reflection().build_v1alpha()?,
+            authenticate_reflection,
+        ))
         .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
 
     tokio::select! {
