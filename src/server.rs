@@ -2,7 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tonic::{
     service::interceptor::InterceptedService,
     transport::{Server, server::TcpIncoming},
@@ -12,6 +16,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api::{
         CourseApi, StudentApi,
+        end_streams::EndOnShutdown,
         logging::RpcLogLayer,
         pb::{
             self, course_service_server::CourseServiceServer,
@@ -72,6 +77,7 @@ pub async fn serve(
     ));
 
     let draining = Arc::new(Notify::new());
+    let (end_streams, streams_signal) = watch::channel(false);
     let stop_accepting = {
         let draining = draining.clone();
         async move {
@@ -79,6 +85,7 @@ pub async fn serve(
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
             stop_probe(probe).await;
             set_health(&reporter, ServingStatus::NotServing).await;
+            end_streams.send_replace(true);
             draining.notify_one();
         }
     };
@@ -113,7 +120,7 @@ pub async fn serve(
             CourseServiceServer::new(CourseApi::new(store.clone())),
             authenticate,
         ))
-        .add_service(health_service)
+        .add_service(EndOnShutdown::new(health_service, streams_signal))
         .add_service(InterceptedService::new(
             reflection().build_v1()?,
             authenticate_reflection.clone(),

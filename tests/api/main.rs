@@ -1,6 +1,7 @@
 //! The integration suite: one binary, the real server, real databases, real HTTP/2.
 
 mod helpers;
+mod process;
 mod proxy;
 
 mod courses;
@@ -8,5 +9,6 @@ mod enrollments;
 mod lifecycle;
 mod pagination;
 mod races;
+mod resilience;
 mod security;
 mod students;
