@@ -1,4 +1,4 @@
-use super::{Store, errors::is_unique_violation, with_reader, with_writer};
+use super::{Store, errors::is_unique_violation, first_row, with_reader, with_writer};
 use crate::{
     domain::{Course, NewCourse, PageRequest, SearchQuery},
     error::{Error, Resource, Result},
@@ -31,8 +31,9 @@ impl Store {
             .bind(&course.title_folded)
             .bind(course.capacity)
             .bind(now)
-            .fetch_one(pool)
-            .await);
+            .fetch_all(pool)
+            .await
+            .and_then(|rows| first_row(rows).ok_or(sqlx::Error::RowNotFound)));
         created.map_err(|err| {
             if is_unique_violation(&err) {
                 Error::CourseCodeTaken(course.code.clone())

@@ -1,7 +1,7 @@
 use super::{
     Store,
     errors::{is_course_full, is_foreign_key_violation},
-    with_reader, with_writer,
+    first_row, with_reader, with_writer,
 };
 use crate::{
     domain::{Enrollment, StudentCourse},
@@ -34,8 +34,9 @@ impl Store {
                     .bind(pair.student_id)
                     .bind(pair.course_id)
                     .bind(now)
-                    .fetch_optional(pool)
-                    .await);
+                    .fetch_all(pool)
+                    .await
+                    .map(first_row));
             match inserted {
                 Ok(Some(enroll_time)) => return Ok((enrollment(enroll_time), true)),
                 Ok(None) => match self.enroll_time(pair).await? {

@@ -1,4 +1,4 @@
-use super::{Store, errors::is_unique_violation, with_reader, with_writer};
+use super::{Store, errors::is_unique_violation, first_row, with_reader, with_writer};
 use crate::{
     domain::{NewStudent, PageRequest, Student},
     error::{Error, Resource, Result},
@@ -23,8 +23,9 @@ impl Store {
             .bind(&student.name)
             .bind(&student.email)
             .bind(now)
-            .fetch_one(pool)
-            .await);
+            .fetch_all(pool)
+            .await
+            .and_then(|rows| first_row(rows).ok_or(sqlx::Error::RowNotFound)));
         created.map_err(|err| {
             if is_unique_violation(&err) {
                 Error::EmailTaken(student.email.clone())
