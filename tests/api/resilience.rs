@@ -358,7 +358,9 @@ async fn a_crash_loses_no_acknowledged_enrollment(backend: Backend) {
 }
 
 /// SIGTERM under load: health turns NOT_SERVING, every call sent before the signal completes OK,
-/// the process exits 0 within the drain timeout, and the data passes `verify`.
+/// the process exits 0 within the drain timeout, and the data passes `verify`. Calls sent after
+/// the signal meet a closing connection: the client reports UNAVAILABLE or CANCELLED (transport
+/// outcomes, never an error of the service's).
 async fn sigterm_turns_health_off_finishes_calls_in_flight_and_exits(backend: Backend) {
     const CLIENTS: usize = 16;
     const DRAIN: Duration = Duration::from_secs(5);
@@ -458,7 +460,7 @@ async fn sigterm_turns_health_off_finishes_calls_in_flight_and_exits(backend: Ba
     assert!(
         refused_after
             .keys()
-            .all(|code| code == "Unavailable" || code == "Unknown"),
+            .all(|code| ["Unavailable", "Cancelled", "Unknown"].contains(&code.as_str())),
         "refused with {refused_after:?}"
     );
     let store = Store::connect(&database.url, &pool_settings())
