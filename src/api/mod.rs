@@ -2,6 +2,7 @@
 
 mod convert;
 mod courses;
+pub mod limits;
 pub mod logging;
 mod status;
 mod students;

@@ -71,6 +71,12 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
         ),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
+        Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new()),
+        Error::Overloaded(limit) => (
+            Code::ResourceExhausted,
+            "OVERLOADED",
+            meta(&[("max_in_flight", limit.to_string())]),
+        ),
         Error::Internal(_) => (Code::Internal, "INTERNAL", HashMap::new()),
     }
 }
@@ -81,7 +87,9 @@ fn log(err: &Error, code: Code) {
     let cause = std::error::Error::source(err).map(|source| source.to_string());
     match err {
         Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
-        Error::Unavailable(_) | Error::Conflict(_) => tracing::warn!(?code, cause, "{err}"),
+        Error::Unavailable(_) | Error::Conflict(_) | Error::Overloaded(_) => {
+            tracing::warn!(?code, cause, "{err}")
+        }
         _ => {}
     }
 }
