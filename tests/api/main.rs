@@ -8,4 +8,5 @@ mod enrollments;
 mod lifecycle;
 mod pagination;
 mod races;
+mod reliability;
 mod students;
