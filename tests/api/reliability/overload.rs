@@ -38,10 +38,12 @@ const STUDENTS: usize = 100;
 /// How long the stalled phase keeps writes waiting: longer than the 3 s acquire timeout, shorter
 /// than SQLite's 5 s busy timeout.
 const STALL: Duration = Duration::from_secs(4);
-/// The longest any call may take to be answered: the stall (the statements already in the
-/// database wait that long, then finish) plus slack for a busy two-core machine. Without the
-/// stall a call waits at most the 3 s acquire timeout.
-const BOUND: Duration = Duration::from_secs(7);
+/// The longest any call may take to be answered, as the client sees it. The server answers a
+/// call it admits within the 3 s acquire timeout plus its statement (a statement already in the
+/// database waits out the 4 s stall), and one it refuses at once; but a call also waits in the
+/// client for one of its connection's 128 streams, and a debug build on a busy two-core machine
+/// (the whole suite runs beside this test) is slow to drain 2,000 calls: measured up to 5.8 s.
+const BOUND: Duration = Duration::from_secs(15);
 /// Below the 4 x 128 streams the test's connections may have open at once.
 const MAX_IN_FLIGHT: &str = "256";
 /// The server's peak resident memory must stay below this.
