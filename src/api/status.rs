@@ -82,14 +82,13 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
 }
 
 /// Failures of ours are logged with their cause, which the client never sees; a client's own
-/// mistakes are not worth more than the per-call log line.
+/// mistakes are not worth more than the per-call log line, and neither are calls refused under
+/// overload or cut off by their deadline (one more line each would add to the overload).
 fn log(err: &Error, code: Code) {
     let cause = std::error::Error::source(err).map(|source| source.to_string());
     match err {
         Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
-        Error::Unavailable(_) | Error::Conflict(_) | Error::Overloaded(_) => {
-            tracing::warn!(?code, cause, "{err}")
-        }
+        Error::Unavailable(_) | Error::Conflict(_) => tracing::warn!(?code, cause, "{err}"),
         _ => {}
     }
 }

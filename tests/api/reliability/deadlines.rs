@@ -16,7 +16,7 @@ use tonic::{Code, Request};
 
 use super::{
     WriteBlock, is_enrolled,
-    raw::{RawClient, message, proto},
+    raw::{RawClient, frame, message, proto},
 };
 use crate::helpers::{
     Backend, TestApp, TestDatabase, assert_error, on_both_backends, pool_settings,
@@ -182,6 +182,26 @@ async fn the_request_timeout_caps_calls_that_set_no_deadline(backend: Backend) {
     );
     // Calls that do not wait for the lock are still served.
     assert_eq!(app.get_course(course.id).await.enrolled, 0);
+    // A client that stops halfway through its request is cut off by the same timeout.
+    let raw = RawClient::connect(app.address).await;
+    let started = Instant::now();
+    let reply = raw
+        .call_unfinished(
+            "/school.v1.CourseService/GetCourse",
+            frame(0, 100, b"\x08\x01"),
+        )
+        .await
+        .expect("the server answers");
+    let elapsed = started.elapsed();
+    assert_eq!(
+        reply.status,
+        Some(Code::DeadlineExceeded as i32),
+        "{reply:?}"
+    );
+    assert!(
+        elapsed >= DEADLINE && elapsed < DEADLINE + SLACK,
+        "answered after {elapsed:?}"
+    );
 
     block.release().await;
     // Its statement was in the database: it completes whole, row and seat together.

@@ -46,6 +46,26 @@ impl RawClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<RawReply, h2::Error> {
+        self.send(path, headers, body, true).await
+    }
+
+    /// Like `call`, but leaves the request stream open after `body`, as a client that stalls
+    /// halfway through its request would.
+    pub(crate) async fn call_unfinished(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<RawReply, h2::Error> {
+        self.send(path, &[], body, false).await
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        end_of_stream: bool,
+    ) -> Result<RawReply, h2::Error> {
         let mut send = self.send.clone().ready().await?;
         let mut request = http::Request::post(format!("http://{}{path}", self.authority))
             .header("content-type", "application/grpc")
@@ -55,7 +75,7 @@ impl RawClient {
         }
         let request = request.body(()).expect("a valid request head");
         let (response, mut stream) = send.send_request(request, false)?;
-        stream.send_data(body, true)?;
+        stream.send_data(body, end_of_stream)?;
         let (head, mut body) = response.await?.into_parts();
         if let Some(status) = grpc_status(&head.headers) {
             return Ok(RawReply {
