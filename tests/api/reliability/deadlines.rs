@@ -82,6 +82,23 @@ async fn a_deadline_shorter_than_the_work_stops_it_and_leaves_no_partial_state(b
             })
         })
         .collect();
+    // tonic's client enforces the deadline itself and reports CANCELLED ("Timeout expired"),
+    // usually before the server's DEADLINE_EXCEEDED arrives; either is the deadline passing.
+    let (early_result, early_elapsed) = early_call.await.expect("no panic");
+    let early_status = early_result.expect_err("the deadline passed first");
+    assert!(
+        matches!(
+            early_status.code(),
+            Code::Cancelled | Code::DeadlineExceeded
+        ),
+        "{early_status:?}"
+    );
+    assert!(
+        early_elapsed < DEADLINE + SLACK,
+        "answered after {early_elapsed:?}"
+    );
+    // Its deadline has passed, so its INSERT went to the database if it ever will; with the
+    // occupiers', that takes every connection the server writes on.
     wait_until_writes_wait(&app, writers).await;
 
     // A raw HTTP/2 call with `grpc-timeout`, so the answer seen is the server's own (the
@@ -106,21 +123,6 @@ async fn a_deadline_shorter_than_the_work_stops_it_and_leaves_no_partial_state(b
         "answered after {late_elapsed:?}"
     );
 
-    // tonic's client enforces the deadline itself and reports CANCELLED ("Timeout expired"),
-    // usually before the server's DEADLINE_EXCEEDED arrives; either is the deadline passing.
-    let (early_result, early_elapsed) = early_call.await.expect("no panic");
-    let early_status = early_result.expect_err("the deadline passed first");
-    assert!(
-        matches!(
-            early_status.code(),
-            Code::Cancelled | Code::DeadlineExceeded
-        ),
-        "{early_status:?}"
-    );
-    assert!(
-        early_elapsed < DEADLINE + SLACK,
-        "answered after {early_elapsed:?}"
-    );
     eprintln!(
         "tonic client with a {DEADLINE:?} deadline: {:?} {:?} after {early_elapsed:?}; \
          raw HTTP/2 with grpc-timeout 300m: server answered DEADLINE_EXCEEDED after {late_elapsed:?}",
@@ -211,11 +213,10 @@ async fn the_request_timeout_caps_calls_that_set_no_deadline(backend: Backend) {
     app.stop().await;
 }
 
-/// Waits until `writers` statements are waiting for the lock: on PostgreSQL as its lock waits,
-/// on SQLite (whose busy handler shows nowhere) for a fixed moment.
+/// Waits until `writers` statements are waiting for the lock, as PostgreSQL shows its lock
+/// waits. SQLite's busy handler shows nowhere; there, its one writer is the early call's.
 async fn wait_until_writes_wait(app: &TestApp, writers: usize) {
     let Store::Postgres(pool) = &app.store else {
-        tokio::time::sleep(Duration::from_millis(200)).await;
         return;
     };
     let started = Instant::now();
