@@ -1,6 +1,6 @@
 //! Command line and environment: every setting is a flag and an environment variable.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -81,6 +81,40 @@ pub struct ServeArgs {
     /// HTTP/2 streams (calls) one connection may have open at once; clients queue the rest.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// TLS, mutual TLS and token authentication: each off unless its flag is given (README,
+/// "Security"). Loaded and checked by `security::Security::load`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain (server certificate first) to serve TLS with; plaintext connections
+    /// are then refused. Needs --tls-key.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) for mutual TLS: clients must present a certificate signed by one of
+    /// them. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "TLS_CLIENT_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of `NAME TOKEN` lines: calls to school.v1 must then carry `authorization: Bearer
+    /// TOKEN`, and the log names the caller NAME. Health stays open.
+    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Require a token for reflection too (by default it stays open for discovery). Needs
+    /// --auth-tokens-file.
+    // Checked by `Security::load` rather than clap's `requires`, which would also fire on
+    // AUTH_REFLECTION=false.
+    #[arg(long, env = "AUTH_REFLECTION", value_parser = clap::builder::BoolishValueParser::new())]
+    pub auth_reflection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -73,9 +73,39 @@ pub enum Error {
     #[error("the server is at its limit of {0} calls in flight; retry with backoff")]
     Overloaded(usize),
 
+    /// The call carries no credentials the server accepts. The message says what was wrong and
+    /// never repeats what the client sent.
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
+
     /// Anything else. The source is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why a call was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization` metadata at all.
+    Missing,
+    /// `authorization` metadata that is not one `Bearer <token>`.
+    Malformed,
+    /// A bearer token that is not in the tokens file.
+    Unrecognised,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthFailure::Missing => {
+                "missing credentials: send the metadata `authorization: Bearer <token>`"
+            }
+            AuthFailure::Malformed => {
+                "malformed credentials: the `authorization` metadata must be one `Bearer <token>`"
+            }
+            AuthFailure::Unrecognised => "the bearer token is not recognised",
+        })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,6 +3,7 @@ use std::{error::Error, process::ExitCode};
 use clap::Parser;
 use student_service::{
     config::{self, Cli, Command},
+    security::Security,
     server::{self, ServerSettings},
     store::Store,
     telemetry,
@@ -23,6 +24,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
+    // Certificates and tokens first: a bad file fails the start before the database is touched.
+    let security = match cli.command {
+        None => Security::load(&cli.serve.security)?,
+        Some(_) => Security::default(),
+    };
     let store = Store::connect(&cli.database_url, &cli.pool_settings()).await?;
     let database = config::redact(&cli.database_url);
     match cli.command {
@@ -61,13 +67,33 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 );
             }
             let listener = TcpListener::bind(cli.serve.listen).await?;
-            tracing::info!(address = %listener.local_addr()?, database, "listening");
+            let args = &cli.serve.security;
+            let transport = match (&args.tls_cert, &args.tls_client_ca) {
+                (None, _) => "plaintext",
+                (Some(_), None) => "TLS",
+                (Some(_), Some(_)) => "mutual TLS",
+            };
+            let tokens = security.tokens.as_ref().map(|tokens| tokens.len());
+            tracing::info!(
+                address = %listener.local_addr()?,
+                database,
+                transport,
+                tokens,
+                auth_reflection = security.auth_reflection,
+                "listening"
+            );
+            if tokens.is_some() && security.tls.is_none() {
+                tracing::warn!(
+                    "bearer tokens over plaintext can be read off the network: add --tls-cert and --tls-key"
+                );
+            }
             let settings = ServerSettings {
                 health_interval: cli.serve.health_interval,
                 drain_timeout: cli.serve.drain_timeout,
                 request_timeout: cli.serve.request_timeout,
                 max_in_flight: cli.serve.max_in_flight as usize,
                 max_concurrent_streams: cli.serve.max_concurrent_streams,
+                security,
             };
             server::serve(listener, store, settings, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

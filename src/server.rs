@@ -2,13 +2,21 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
-use tonic::transport::{Server, server::TcpIncoming};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{
         CourseApi, StudentApi,
+        end_streams::EndOnShutdown,
         limits::CallLimitsLayer,
         logging::RpcLogLayer,
         pb::{
@@ -16,6 +24,7 @@ use crate::{
             student_service_server::StudentServiceServer,
         },
     },
+    security::{RequireToken, Security},
     store::Store,
 };
 
@@ -45,6 +54,8 @@ pub struct ServerSettings {
     /// HTTP/2 streams a client may open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
     /// a client queues the rest itself.
     pub max_concurrent_streams: u32,
+    /// TLS and token authentication; off by default.
+    pub security: Security,
 }
 
 impl Default for ServerSettings {
@@ -55,6 +66,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 1024,
             max_concurrent_streams: 128,
+            security: Security::default(),
         }
     }
 }
@@ -63,6 +75,8 @@ impl Default for ServerSettings {
 pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up TLS")]
+    Tls(#[source] tonic::transport::Error),
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -84,6 +98,7 @@ pub async fn serve(
     ));
 
     let draining = Arc::new(Notify::new());
+    let (end_streams, streams_signal) = watch::channel(false);
     let stop_accepting = {
         let draining = draining.clone();
         async move {
@@ -91,6 +106,7 @@ pub async fn serve(
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
             stop_probe(probe).await;
             set_health(&reporter, ServingStatus::NotServing).await;
+            end_streams.send_replace(true);
             draining.notify_one();
         }
     };
@@ -102,27 +118,48 @@ pub async fn serve(
             // google.rpc.ErrorInfo and BadRequest, so reflection clients can decode error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let server = Server::builder()
+    // Our services require a token when there are tokens; reflection only if asked to (it lets
+    // grpcurl discover the API); health never (load balancers and Kubernetes probe it bare).
+    let security = settings.security;
+    let authenticate = RequireToken::new(security.tokens.clone());
+    let authenticate_reflection = if security.auth_reflection {
+        authenticate.clone()
+    } else {
+        RequireToken::default()
+    };
+    let mut builder = Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    let server = builder
         // Outermost first: the log line sees the status the limits answer with.
         .layer(RpcLogLayer)
         .layer(CallLimitsLayer::new(
             settings.request_timeout,
             settings.max_in_flight,
         ))
-        .add_service(
+        .add_service(InterceptedService::new(
             StudentServiceServer::new(StudentApi::new(store.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
             CourseServiceServer::new(CourseApi::new(store.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+            authenticate,
+        ))
+        .add_service(EndOnShutdown::new(health_service, streams_signal))
+        .add_service(InterceptedService::new(
+            reflection().build_v1()?,
+            authenticate_reflection.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            reflection().build_v1alpha()?,
+            authenticate_reflection,
+        ))
         .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
 
     tokio::select! {

@@ -51,7 +51,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let span = tracing::info_span!("rpc", method = request.uri().path());
+        // `caller` is filled in by token authentication (security::RequireToken), when it is on.
+        let span = tracing::info_span!(
+            "rpc",
+            method = request.uri().path(),
+            caller = tracing::field::Empty
+        );
         let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
         Box::pin(

@@ -2,6 +2,7 @@
 
 mod convert;
 mod courses;
+pub mod end_streams;
 pub mod limits;
 pub mod logging;
 mod status;

@@ -69,6 +69,7 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
             "COURSE_FULL",
             meta(&[("course_id", id.to_string())]),
         ),
+        Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
         Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new()),

@@ -240,6 +240,9 @@ async fn postgres_health_follows_the_database_and_calls_fail_fast_while_it_is_go
     proxy.restore();
     let up = wait_for_health(&mut health, ServingStatus::Serving).await;
 
+    eprintln!(
+        "outage: NOT_SERVING after {down:.1?}, calls failed after {failed_after:.1?}, SERVING again after {up:.1?}"
+    );
     assert!(down < Duration::from_secs(2), "NOT_SERVING after {down:?}");
     assert_error(
         during,

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, the real server, real databases, real HTTP/2.
 
 mod helpers;
+mod process;
 mod proxy;
 
 mod courses;
@@ -9,4 +10,6 @@ mod lifecycle;
 mod pagination;
 mod races;
 mod reliability;
+mod resilience;
+mod security;
 mod students;

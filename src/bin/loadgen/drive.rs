@@ -135,11 +135,14 @@ async fn worker(
                 students.list_courses(request).await.map(drop)
             }
             Rpc::AssignCourse | Rpc::Mix => {
+                // Consecutive calls go to different courses: each enrollment updates its
+                // course's seat count, and calls that all hit one course would measure that
+                // row's lock instead of the service.
                 let n = NEXT_PAIR.fetch_add(1, Ordering::Relaxed) as usize;
+                let courses = data.assign_courses.len();
                 let request = AssignCourseRequest {
-                    student_id: data.students[n % data.students.len()],
-                    course_id: data.assign_courses
-                        [(n / data.students.len()) % data.assign_courses.len()],
+                    student_id: data.students[(n / courses) % data.students.len()],
+                    course_id: data.assign_courses[n % courses],
                 };
                 students.assign_course(request).await.map(drop)
             }

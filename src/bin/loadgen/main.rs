@@ -108,6 +108,13 @@ async fn main() -> ExitCode {
 
 /// Returns whether every measured call succeeded.
 async fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let assigns = args
+        .rpc
+        .iter()
+        .any(|r| matches!(r, Rpc::AssignCourse | Rpc::Mix));
+    if args.students == 0 || (assigns && args.assign_courses == 0) {
+        return Err("need --students > 0, and --assign-courses > 0 to measure AssignCourse".into());
+    }
     let channels = connect(&args.target, args.connections).await?;
     eprintln!(
         "seeding {} students x {} courses each from {} courses (+{} for AssignCourse)...",
