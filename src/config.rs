@@ -68,6 +68,20 @@ pub struct ServeArgs {
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// The longest any call may run before it fails with DEADLINE_EXCEEDED; a client's shorter
+    /// deadline (grpc-timeout) wins.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Calls served at once across all connections; one more fails at once with
+    /// RESOURCE_EXHAUSTED. Health checks are not counted.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// HTTP/2 streams (calls) one connection may have open at once; clients queue the rest.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 }

@@ -64,6 +64,15 @@ pub enum Error {
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
 
+    /// The call did not finish before its deadline: the client's `grpc-timeout` or the server's
+    /// `--request-timeout`, whichever is shorter. The handler was dropped at that moment.
+    #[error("the call did not finish within its deadline of {0:?}")]
+    DeadlineExceeded(std::time::Duration),
+
+    /// The server already has its limit of calls in flight; this one was refused unread.
+    #[error("the server is at its limit of {0} calls in flight; retry with backoff")]
+    Overloaded(usize),
+
     /// The call carries no credentials the server accepts. The message says what was wrong and
     /// never repeats what the client sent.
     #[error("{0}")]

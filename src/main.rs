@@ -90,6 +90,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
             let settings = ServerSettings {
                 health_interval: cli.serve.health_interval,
                 drain_timeout: cli.serve.drain_timeout,
+                request_timeout: cli.serve.request_timeout,
+                max_in_flight: cli.serve.max_in_flight as usize,
+                max_concurrent_streams: cli.serve.max_concurrent_streams,
                 security,
             };
             server::serve(listener, store, settings, shutdown_signal()).await?;

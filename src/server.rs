@@ -17,6 +17,7 @@ use crate::{
     api::{
         CourseApi, StudentApi,
         end_streams::EndOnShutdown,
+        limits::CallLimitsLayer,
         logging::RpcLogLayer,
         pb::{
             self, course_service_server::CourseServiceServer,
@@ -30,12 +31,29 @@ use crate::{
 /// The names health reports on: the whole server and each of our services.
 const HEALTH_NAMES: [&str; 3] = ["", "school.v1.StudentService", "school.v1.CourseService"];
 
+/// The largest request message our services decode (tonic's default is 4 MiB). A valid request is
+/// a few hundred bytes (200-character names, 254-byte emails); anything bigger is refused with
+/// OUT_OF_RANGE after its 5-byte gRPC frame header, before the message itself is buffered.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// HTTP/2 PINGs on idle connections find peers that vanished without closing (a dead NAT entry, a
+/// killed pod) well before TCP keepalive would, and free what their calls hold.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// How often the health probe pings the database.
     pub health_interval: Duration,
     /// How long in-flight calls may run after shutdown begins.
     pub drain_timeout: Duration,
+    /// The longest any call may run; a client's shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+    /// Calls served at once across all connections; more get RESOURCE_EXHAUSTED at once.
+    pub max_in_flight: usize,
+    /// HTTP/2 streams a client may open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a client queues the rest itself.
+    pub max_concurrent_streams: u32,
     /// TLS and token authentication; off by default.
     pub security: Security,
 }
@@ -45,6 +63,9 @@ impl Default for ServerSettings {
         ServerSettings {
             health_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 1024,
+            max_concurrent_streams: 128,
             security: Security::default(),
         }
     }
@@ -106,18 +127,28 @@ pub async fn serve(
     } else {
         RequireToken::default()
     };
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
     }
     let server = builder
+        // Outermost first: the log line sees the status the limits answer with.
         .layer(RpcLogLayer)
+        .layer(CallLimitsLayer::new(
+            settings.request_timeout,
+            settings.max_in_flight,
+        ))
         .add_service(InterceptedService::new(
-            StudentServiceServer::new(StudentApi::new(store.clone())),
+            StudentServiceServer::new(StudentApi::new(store.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            CourseServiceServer::new(CourseApi::new(store.clone())),
+            CourseServiceServer::new(CourseApi::new(store.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             authenticate,
         ))
         .add_service(EndOnShutdown::new(health_service, streams_signal))

@@ -3,6 +3,7 @@
 mod convert;
 mod courses;
 pub mod end_streams;
+pub mod limits;
 pub mod logging;
 mod status;
 mod students;

@@ -72,12 +72,19 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
+        Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new()),
+        Error::Overloaded(limit) => (
+            Code::ResourceExhausted,
+            "OVERLOADED",
+            meta(&[("max_in_flight", limit.to_string())]),
+        ),
         Error::Internal(_) => (Code::Internal, "INTERNAL", HashMap::new()),
     }
 }
 
 /// Failures of ours are logged with their cause, which the client never sees; a client's own
-/// mistakes are not worth more than the per-call log line.
+/// mistakes are not worth more than the per-call log line, and neither are calls refused under
+/// overload or cut off by their deadline (one more line each would add to the overload).
 fn log(err: &Error, code: Code) {
     let cause = std::error::Error::source(err).map(|source| source.to_string());
     match err {

@@ -2,6 +2,8 @@
 //! Nothing here knows about gRPC or SQL.
 
 mod page;
+#[cfg(test)]
+mod proptests;
 mod requests;
 
 pub use page::{Listing, Page, PageRequest};

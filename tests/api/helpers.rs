@@ -6,6 +6,7 @@
 //! Without it the PostgreSQL runs are skipped, except under `CI=true`, where they fail.
 
 use std::{
+    net::SocketAddr,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -198,6 +199,8 @@ pub(crate) struct TestApp {
     pub(crate) courses: CourseServiceClient<Channel>,
     pub(crate) health: HealthClient<Channel>,
     pub(crate) channel: Channel,
+    /// Where the server listens, for clients other than the generated ones.
+    pub(crate) address: SocketAddr,
     /// A connection of the test's own, to check what the database holds.
     pub(crate) store: Store,
     shutdown: Option<oneshot::Sender<()>>,
@@ -263,6 +266,7 @@ impl TestApp {
             courses: CourseServiceClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
             channel,
+            address,
             store: check_store,
             shutdown: Some(shutdown),
             server: Some(server),

@@ -9,6 +9,7 @@ mod enrollments;
 mod lifecycle;
 mod pagination;
 mod races;
+mod reliability;
 mod resilience;
 mod security;
 mod students;

@@ -1,0 +1,171 @@
+//! Limits every call meets before its handler runs: a deadline, and a cap on calls in flight.
+//!
+//! **Deadline.** A call gets the shorter of the client's `grpc-timeout` and the server's
+//! `--request-timeout`. When it passes, the handler's future is dropped (whatever it was waiting
+//! for, a pool connection or a statement's answer, is abandoned) and the client gets
+//! DEADLINE_EXCEEDED. tonic enforces `grpc-timeout` itself too, but answers CANCELLED ("Timeout
+//! expired"), where the gRPC spec says DEADLINE_EXCEEDED; this layer's timer is created first,
+//! inside tonic's, for the same or an earlier instant, so it fires first and its answer is the
+//! one sent. A deadline covers reading the request, so a client that never finishes sending its
+//! body is cut off too. For streaming responses (health `Watch`, reflection) it covers only the
+//! start of the response, as in tonic.
+//!
+//! **Calls in flight.** At most `max_in_flight` calls run at once across all connections; one
+//! more is refused at once with RESOURCE_EXHAUSTED, before its body is read, so memory stays
+//! bounded however many clients pile on. Calls already admitted queue for a database connection
+//! and get UNAVAILABLE after the pool's acquire timeout. Health checks are exempt: a probe must
+//! not fail because the server is busy serving.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderMap, Request, Response};
+use tokio::{sync::Semaphore, time::Instant};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::error::Error;
+
+/// Calls under this path prefix skip the in-flight limit.
+const EXEMPT_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// Adds [`CallLimits`] to every service of the server.
+#[derive(Debug, Clone)]
+pub struct CallLimitsLayer {
+    request_timeout: Duration,
+    max_in_flight: usize,
+    in_flight: Arc<Semaphore>,
+}
+
+impl CallLimitsLayer {
+    pub fn new(request_timeout: Duration, max_in_flight: usize) -> Self {
+        CallLimitsLayer {
+            request_timeout,
+            max_in_flight,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+}
+
+impl<S> Layer<S> for CallLimitsLayer {
+    type Service = CallLimits<S>;
+
+    fn layer(&self, inner: S) -> CallLimits<S> {
+        CallLimits {
+            inner,
+            limits: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallLimits<S> {
+    inner: S,
+    limits: CallLimitsLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CallLimits<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let permit = if request.uri().path().starts_with(EXEMPT_PREFIX) {
+            None
+        } else {
+            match self.limits.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let refused = answer(Error::Overloaded(self.limits.max_in_flight));
+                    return Box::pin(std::future::ready(Ok(refused)));
+                }
+            }
+        };
+        let timeout = grpc_timeout(request.headers())
+            .map_or(self.limits.request_timeout, |client| {
+                client.min(self.limits.request_timeout)
+            });
+        // Fixed now, before tonic's own grpc-timeout timer starts (see the module comment).
+        let deadline = Instant::now().checked_add(timeout);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let _permit = permit;
+            let Some(deadline) = deadline else {
+                return response.await;
+            };
+            match tokio::time::timeout_at(deadline, response).await {
+                Ok(response) => response,
+                Err(_) => Ok(answer(Error::DeadlineExceeded(timeout))),
+            }
+        })
+    }
+}
+
+/// A trailers-only gRPC response carrying the error's status.
+fn answer<B: Default>(err: Error) -> Response<B> {
+    Status::from(err).into_http()
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`), as the
+/// gRPC over HTTP/2 spec defines it. A malformed value is ignored, as tonic ignores it.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let digits = value.get(..value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match value.as_bytes().last()? {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("a valid header value"));
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse("99999999S"), Some(Duration::from_secs(99_999_999)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("0n"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for value in ["", "m", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(parse(value), None, "{value:?}");
+        }
+    }
+}
