@@ -73,6 +73,18 @@ impl ServerProcess {
         self.child.id().expect("the server is running")
     }
 
+    /// The process's peak resident set size (VmHWM), in MiB.
+    pub(crate) fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmHWM line");
+        kib / 1024
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub(crate) async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL");

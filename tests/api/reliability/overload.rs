@@ -7,8 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -26,7 +24,10 @@ use tonic_health::pb::{
 use tonic_types::StatusExt;
 
 use super::WriteBlock;
-use crate::helpers::{Backend, TestDatabase, on_both_backends, pool_settings};
+use crate::{
+    helpers::{Backend, TestDatabase, on_both_backends, pool_settings},
+    process::ServerProcess,
+};
 
 on_both_backends!(overload_is_answered_within_bounds_and_memory_stays_bounded);
 
@@ -51,7 +52,11 @@ const PEAK_RSS_BOUND_MIB: u64 = 256;
 
 async fn overload_is_answered_within_bounds_and_memory_stays_bounded(backend: Backend) {
     let database = TestDatabase::create(&backend).await;
-    let server = ServerProcess::start(&database.url).await;
+    let server = ServerProcess::start(
+        &database.url,
+        &[("MAX_IN_FLIGHT", MAX_IN_FLIGHT), ("RUST_LOG", "error")],
+    )
+    .await;
     let backend_name = if database.url.starts_with("sqlite:") {
         "sqlite"
     } else {
@@ -335,85 +340,5 @@ impl Tally {
         );
         let slowest = self.latencies.last().copied().unwrap_or_default();
         assert!(slowest < BOUND, "a call took {slowest:?}");
-    }
-}
-
-/// The real binary in a process of its own, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str) -> ServerProcess {
-        let address = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            probe.local_addr().expect("address")
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_student-service"))
-            .args(["--listen", &address.to_string()])
-            .args(["--database-url", database_url])
-            .args(["--max-in-flight", MAX_IN_FLIGHT])
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the server binary");
-        let mut server = ServerProcess { child, address };
-        let started = Instant::now();
-        loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{address}"))
-                .expect("uri")
-                .connect()
-                .await
-            {
-                let serving = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
-                if serving {
-                    return server;
-                }
-            }
-            if let Ok(Some(exit)) = server.child.try_wait() {
-                panic!("the server exited at start: {exit}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the server did not start serving"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// A new HTTP/2 connection to the server.
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.address))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
-    }
-
-    /// The process's peak resident set size (VmHWM), in MiB.
-    fn peak_rss_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/PID/status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("a VmHWM line");
-        kib / 1024
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
