@@ -75,16 +75,11 @@ impl Store {
 
     /// Deletes the course; the foreign keys cascade to its enrollments in the same statement.
     pub async fn delete_course(&self, id: i64) -> Result<()> {
-        let deleted = with_writer!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
-        if deleted == 0 {
-            return Err(Error::NotFound(Resource::Course, id));
-        }
-        Ok(())
+        self.delete_by_id(DELETE, Resource::Course, id).await
     }
 
     pub async fn course_exists(&self, id: i64) -> Result<bool> {
-        let found: Option<i64> = with_reader!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
-        Ok(found.is_some())
+        self.id_exists(EXISTS, id).await
     }
 
     /// Up to `page.fetch_limit()` courses of a student after `page.after`, by id; NOT_FOUND when

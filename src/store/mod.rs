@@ -32,6 +32,8 @@ use sqlx::{
 };
 
 pub use migrate::Applied;
+
+use crate::error::Resource;
 pub use verify::Violation;
 
 /// Connection pool settings.
@@ -114,6 +116,35 @@ impl Store {
             }
             Store::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+impl Store {
+    /// Runs `delete` (`DELETE ... WHERE id = $1`, a write); NOT_FOUND when no row had that id.
+    async fn delete_by_id(
+        &self,
+        delete: &'static str,
+        resource: Resource,
+        id: i64,
+    ) -> crate::error::Result<()> {
+        let deleted = with_writer!(self, pool => sqlx::query(delete)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        if deleted == 0 {
+            return Err(crate::error::Error::NotFound(resource, id));
+        }
+        Ok(())
+    }
+
+    /// Whether `select` (`SELECT id ... WHERE id = $1`) finds a row.
+    async fn id_exists(&self, select: &'static str, id: i64) -> crate::error::Result<bool> {
+        let found: Option<i64> = with_reader!(self, pool => sqlx::query_scalar(select)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(found.is_some())
     }
 }
 

@@ -53,16 +53,11 @@ impl Store {
     /// Deletes the student; the foreign keys cascade to their enrollments and the seat trigger
     /// frees each seat, all in this one statement.
     pub async fn delete_student(&self, id: i64) -> Result<()> {
-        let deleted = with_writer!(self, pool => sqlx::query(DELETE).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
-        if deleted == 0 {
-            return Err(Error::NotFound(Resource::Student, id));
-        }
-        Ok(())
+        self.delete_by_id(DELETE, Resource::Student, id).await
     }
 
     pub async fn student_exists(&self, id: i64) -> Result<bool> {
-        let found: Option<i64> = with_reader!(self, pool => sqlx::query_scalar(EXISTS).bind(id).fetch_optional(pool).await)?;
-        Ok(found.is_some())
+        self.id_exists(EXISTS, id).await
     }
 
     /// Up to `page.fetch_limit()` students of a course after `page.after`, by id; NOT_FOUND when
