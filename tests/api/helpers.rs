@@ -306,6 +306,19 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Creates students `S0`, `S1`, ... (emails `s0@example.com`, ...) and returns their ids.
+    pub(crate) async fn create_students(&self, count: usize) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(count);
+        for i in 0..count {
+            ids.push(
+                self.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
+                    .await
+                    .id,
+            );
+        }
+        ids
+    }
+
     pub(crate) async fn create_course(&self, code: &str, title: &str, capacity: i32) -> pb::Course {
         self.courses
             .clone()

@@ -307,14 +307,7 @@ async fn the_sqlite_write_ahead_log_stays_small_under_writes() {
     const STUDENTS: usize = 60;
     const COURSES: usize = 30;
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let mut students = Vec::new();
-    for i in 0..STUDENTS {
-        students.push(
-            app.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
-                .await
-                .id,
-        );
-    }
+    let students = app.create_students(STUDENTS).await;
     let mut courses = Vec::new();
     for i in 0..COURSES {
         courses.push(app.create_course(&format!("C-{i}"), "Open", 0).await.id);

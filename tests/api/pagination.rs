@@ -44,14 +44,7 @@ async fn list_courses_walks_every_page_once(backend: Backend) {
 
 async fn list_students_and_search_walk_every_page_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut students = Vec::new();
-    for i in 0..7 {
-        students.push(
-            app.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
-                .await
-                .id,
-        );
-    }
+    let students = app.create_students(7).await;
     let mut courses = Vec::new();
     for i in 0..5 {
         courses.push(app.create_course(&format!("CS-{i}"), "Course", 0).await.id);

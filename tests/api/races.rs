@@ -19,14 +19,7 @@ async fn racing_for_the_last_seats_admits_exactly_capacity(backend: Backend) {
     let course = app
         .create_course("HOT-1", "Everyone wants in", CAPACITY)
         .await;
-    let mut students = Vec::new();
-    for i in 0..CALLERS {
-        students.push(
-            app.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
-                .await
-                .id,
-        );
-    }
+    let students = app.create_students(CALLERS).await;
 
     let calls = students.iter().map(|&student| {
         let mut client = app.students.clone();
@@ -96,14 +89,7 @@ async fn churn_keeps_counts_equal_to_rows(backend: Backend) {
     const ROUNDS: usize = 6;
     let app = TestApp::spawn(backend).await;
     let course = app.create_course("CHURN-1", "Seats come and go", 3).await;
-    let mut students = Vec::new();
-    for i in 0..STUDENTS {
-        students.push(
-            app.create_student(&format!("S{i}"), &format!("s{i}@example.com"))
-                .await
-                .id,
-        );
-    }
+    let students = app.create_students(STUDENTS).await;
 
     let workers = students.iter().map(|&student| {
         let mut client = app.students.clone();

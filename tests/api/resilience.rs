@@ -14,7 +14,7 @@ use std::{
 use student_service::{
     api::pb::{
         AssignCourseRequest, CreateCourseRequest, CreateStudentRequest, UnassignCourseRequest,
-        student_service_client::StudentServiceClient,
+        course_service_client::CourseServiceClient, student_service_client::StudentServiceClient,
     },
     store::Store,
 };
@@ -73,6 +73,32 @@ async fn create_students(client: &mut StudentServiceClient<Channel>, count: usiz
                 .create_student(request)
                 .await
                 .expect("CreateStudent")
+                .into_inner()
+                .id,
+        );
+    }
+    ids
+}
+
+/// Creates courses `PREFIX-0`, `PREFIX-1`, ... with `capacity` seats and returns their ids.
+async fn create_courses(
+    client: &mut CourseServiceClient<Channel>,
+    prefix: &str,
+    capacity: i32,
+    count: usize,
+) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let request = CreateCourseRequest {
+            code: format!("{prefix}-{i}"),
+            title: format!("Course {i}"),
+            capacity,
+        };
+        ids.push(
+            client
+                .create_course(request)
+                .await
+                .expect("CreateCourse")
                 .into_inner()
                 .id,
         );
@@ -158,22 +184,7 @@ async fn racing_replicas_keep_every_promise(backend: Backend) {
     }
     let (mut students, mut courses) = servers[0].clients().await;
     let student_ids = create_students(&mut students, STUDENTS).await;
-    let mut course_ids = Vec::new();
-    for i in 0..COURSES {
-        let request = CreateCourseRequest {
-            code: format!("RACE-{i}"),
-            title: "Racing".into(),
-            capacity: CAPACITY,
-        };
-        course_ids.push(
-            courses
-                .create_course(request)
-                .await
-                .expect("CreateCourse")
-                .into_inner()
-                .id,
-        );
-    }
+    let course_ids = create_courses(&mut courses, "RACE", CAPACITY, COURSES).await;
 
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -272,22 +283,7 @@ async fn a_crash_loses_no_acknowledged_enrollment(backend: Backend) {
     let server = ServerProcess::start(&database.url, &[]).await;
     let (mut students, mut courses) = server.clients().await;
     let student_ids = create_students(&mut students, STUDENTS).await;
-    let mut course_ids = Vec::new();
-    for i in 0..COURSES {
-        let request = CreateCourseRequest {
-            code: format!("C-{i}"),
-            title: "Open".into(),
-            capacity: 0,
-        };
-        course_ids.push(
-            courses
-                .create_course(request)
-                .await
-                .expect("CreateCourse")
-                .into_inner()
-                .id,
-        );
-    }
+    let course_ids = create_courses(&mut courses, "C", 0, COURSES).await;
     let pairs: Arc<Vec<(i64, i64)>> = Arc::new(
         course_ids
             .iter()
