@@ -1,7 +1,9 @@
+use sqlx::PgPool;
+
 use super::{
     Store,
     errors::{is_course_full, is_foreign_key_violation},
-    first_row, with_reader, with_writer,
+    first_row, with_writer,
 };
 use crate::{
     domain::{Enrollment, StudentCourse},
@@ -10,47 +12,59 @@ use crate::{
 
 // One atomic statement: the primary key makes a duplicate pair a no-op (no row returned), and
 // the seat trigger of the migrations counts the seat or aborts with COURSE_FULL.
-const INSERT: &str = "INSERT INTO student_courses (student_id, course_id, enroll_time) \
+pub(super) const INSERT: &str = "INSERT INTO student_courses (student_id, course_id, enroll_time) \
     VALUES ($1, $2, $3) ON CONFLICT (student_id, course_id) DO NOTHING RETURNING enroll_time";
-const SELECT: &str =
+pub(super) const SELECT: &str =
     "SELECT enroll_time FROM student_courses WHERE student_id = $1 AND course_id = $2";
 const DELETE: &str = "DELETE FROM student_courses WHERE student_id = $1 AND course_id = $2";
 
-/// An existing pair can vanish between the INSERT that found it and the SELECT that reads it
-/// (a concurrent UnassignCourse); each such race costs one more try.
+/// On PostgreSQL an existing pair can vanish between the INSERT that found it and the SELECT
+/// that reads it (a concurrent UnassignCourse); each such race costs one more try.
 const ASSIGN_TRIES: usize = 3;
+
+/// What an AssignCourse did.
+#[derive(Debug)]
+pub(super) enum Assigned {
+    /// A new enrollment, at this time.
+    Created(i64),
+    /// The pair was enrolled already, at this time.
+    Existing(i64),
+    /// The seat trigger refused: the course is full.
+    Full,
+    /// A foreign key refused: the student or the course does not exist.
+    Missing,
+}
+
+/// What the INSERT's outcome says, or `None` when the pair exists and must be read.
+pub(super) fn after_insert(
+    inserted: Result<Vec<i64>, sqlx::Error>,
+) -> Result<Option<Assigned>, sqlx::Error> {
+    match inserted {
+        Ok(rows) => Ok(first_row(rows).map(Assigned::Created)),
+        Err(err) if is_course_full(&err) => Ok(Some(Assigned::Full)),
+        Err(err) if is_foreign_key_violation(&err) => Ok(Some(Assigned::Missing)),
+        Err(err) => Err(err),
+    }
+}
 
 impl Store {
     /// Enrolls the student; returns the enrollment and whether this call created it.
     pub async fn assign(&self, pair: StudentCourse, now: i64) -> Result<(Enrollment, bool)> {
+        let assigned = match self {
+            Store::Sqlite { assigner, .. } => assigner.assign(pair, now).await?,
+            Store::Postgres(pool) => assign_on_postgres(pool, pair, now).await?,
+        };
         let enrollment = |enroll_time| Enrollment {
             student_id: pair.student_id,
             course_id: pair.course_id,
             enroll_time,
         };
-        for _ in 0..ASSIGN_TRIES {
-            let inserted: Result<Option<i64>, sqlx::Error> = with_writer!(self, pool =>
-                sqlx::query_scalar(INSERT)
-                    .bind(pair.student_id)
-                    .bind(pair.course_id)
-                    .bind(now)
-                    .fetch_all(pool)
-                    .await
-                    .map(first_row));
-            match inserted {
-                Ok(Some(enroll_time)) => return Ok((enrollment(enroll_time), true)),
-                Ok(None) => match self.enroll_time(pair).await? {
-                    Some(enroll_time) => return Ok((enrollment(enroll_time), false)),
-                    None => continue,
-                },
-                Err(err) if is_course_full(&err) => return Err(Error::CourseFull(pair.course_id)),
-                Err(err) if is_foreign_key_violation(&err) => return Err(self.missing(pair).await),
-                Err(err) => return Err(err.into()),
-            }
+        match assigned {
+            Assigned::Created(enroll_time) => Ok((enrollment(enroll_time), true)),
+            Assigned::Existing(enroll_time) => Ok((enrollment(enroll_time), false)),
+            Assigned::Full => Err(Error::CourseFull(pair.course_id)),
+            Assigned::Missing => Err(self.missing(pair).await),
         }
-        Err(Error::Conflict(
-            "the enrollment kept vanishing between insert and read".into(),
-        ))
     }
 
     /// Removes the enrollment; the seat trigger frees the seat in the same statement.
@@ -65,14 +79,6 @@ impl Store {
             return Err(self.missing(pair).await);
         }
         Ok(())
-    }
-
-    async fn enroll_time(&self, pair: StudentCourse) -> Result<Option<i64>> {
-        Ok(with_reader!(self, pool => sqlx::query_scalar(SELECT)
-            .bind(pair.student_id)
-            .bind(pair.course_id)
-            .fetch_optional(pool)
-            .await)?)
     }
 
     /// Why a pair is not enrolled: a side that does not exist (the student is named first when
@@ -92,4 +98,30 @@ impl Store {
             },
         }
     }
+}
+
+/// PostgreSQL runs many writers at once: each enrollment commits on its own.
+async fn assign_on_postgres(pool: &PgPool, pair: StudentCourse, now: i64) -> Result<Assigned> {
+    for _ in 0..ASSIGN_TRIES {
+        let inserted = sqlx::query_scalar(INSERT)
+            .bind(pair.student_id)
+            .bind(pair.course_id)
+            .bind(now)
+            .fetch_all(pool)
+            .await;
+        if let Some(assigned) = after_insert(inserted)? {
+            return Ok(assigned);
+        }
+        let existing: Option<i64> = sqlx::query_scalar(SELECT)
+            .bind(pair.student_id)
+            .bind(pair.course_id)
+            .fetch_optional(pool)
+            .await?;
+        if let Some(enroll_time) = existing {
+            return Ok(Assigned::Existing(enroll_time));
+        }
+    }
+    Err(Error::Conflict(
+        "the enrollment kept vanishing between insert and read".into(),
+    ))
 }

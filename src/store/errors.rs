@@ -7,16 +7,41 @@ use crate::error::Error;
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(err),
-            sqlx::Error::Database(db) if is_unavailable(db.as_ref()) => Error::Unavailable(err),
-            sqlx::Error::Database(db) if is_conflict(db.as_ref()) => Error::Conflict(Box::new(err)),
-            _ => Error::Internal(Box::new(err)),
+        match classify(&err) {
+            Class::Unavailable => Error::Unavailable(err),
+            Class::Conflict => Error::Conflict(Box::new(err)),
+            Class::Internal => Error::Internal(Box::new(err)),
         }
+    }
+}
+
+/// The error `err` would become, for one of several callers that share it (sqlx errors cannot
+/// be cloned): the same kind, with the driver text as its source, logged and never sent.
+pub(super) fn shared(err: &sqlx::Error) -> Error {
+    let text = || err.to_string().into();
+    match classify(err) {
+        Class::Unavailable => Error::Unavailable(sqlx::Error::Protocol(err.to_string())),
+        Class::Conflict => Error::Conflict(text()),
+        Class::Internal => Error::Internal(text()),
+    }
+}
+
+enum Class {
+    Unavailable,
+    Conflict,
+    Internal,
+}
+
+fn classify(err: &sqlx::Error) -> Class {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Class::Unavailable,
+        sqlx::Error::Database(db) if is_unavailable(db.as_ref()) => Class::Unavailable,
+        sqlx::Error::Database(db) if is_conflict(db.as_ref()) => Class::Conflict,
+        _ => Class::Internal,
     }
 }
 

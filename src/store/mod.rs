@@ -19,6 +19,7 @@
 mod courses;
 mod enrollments;
 mod errors;
+mod group_commit;
 mod migrate;
 mod students;
 mod verify;
@@ -31,6 +32,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use group_commit::Assigner;
 pub use migrate::Applied;
 
 use crate::error::Resource;
@@ -53,6 +55,8 @@ pub enum Store {
     Sqlite {
         readers: SqlitePool,
         writer: SqlitePool,
+        /// AssignCourse calls, committed in groups on `writer` (see `group_commit`).
+        assigner: Assigner,
     },
     Postgres(PgPool),
 }
@@ -95,7 +99,12 @@ impl Store {
             let writer = open_sqlite(url, 1, settings.acquire_timeout).await?;
             let readers =
                 open_sqlite(url, settings.max_connections, settings.acquire_timeout).await?;
-            Ok(Store::Sqlite { readers, writer })
+            let assigner = Assigner::start(writer.clone(), settings.acquire_timeout);
+            Ok(Store::Sqlite {
+                readers,
+                writer,
+                assigner,
+            })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(open_postgres(url, settings).await?))
         } else {
@@ -111,7 +120,9 @@ impl Store {
     /// Waits for every connection to be returned, then closes them all.
     pub async fn close(&self) {
         match self {
-            Store::Sqlite { readers, writer } => {
+            Store::Sqlite {
+                readers, writer, ..
+            } => {
                 tokio::join!(readers.close(), writer.close());
             }
             Store::Postgres(pool) => pool.close().await,
