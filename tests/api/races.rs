@@ -4,12 +4,13 @@ use std::collections::HashSet;
 
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, on_both_backends};
+use crate::helpers::{Backend, TestApp, assert_error, on_both_backends};
 
 on_both_backends!(
     racing_for_the_last_seats_admits_exactly_capacity,
     racing_on_the_same_pair_creates_one_row,
     churn_keeps_counts_equal_to_rows,
+    concurrent_assignments_each_get_their_own_answer,
 );
 
 async fn racing_for_the_last_seats_admits_exactly_capacity(backend: Backend) {
@@ -126,6 +127,83 @@ async fn churn_keeps_counts_equal_to_rows(backend: Backend) {
     assert!(unexpected.is_empty(), "unexpected statuses: {unexpected:?}");
     assert_eq!(app.get_course(course.id).await.enrolled, 0);
     assert_eq!(app.enrollment_rows(course.id).await, 0);
+    app.assert_integrity().await;
+    app.stop().await;
+}
+
+/// Calls that succeed and calls that fail for every reason AssignCourse has, all at once, so
+/// that on SQLite they share group-commit transactions: one call's failure must not touch
+/// another's answer or row.
+async fn concurrent_assignments_each_get_their_own_answer(backend: Backend) {
+    const STUDENTS: usize = 10;
+    const UNKNOWN: i64 = 999_999;
+    let app = TestApp::spawn(backend).await;
+    let open = app.create_course("OPEN-1", "Room for all", 0).await;
+    let full = app.create_course("FULL-1", "One seat, taken", 1).await;
+    let taken = app.create_course("TAKEN-1", "Everyone is in", 0).await;
+    let filler = app.create_student("Filler", "filler@example.com").await;
+    app.assign(filler.id, full.id).await.expect("fill the seat");
+    let students = app.create_students(STUDENTS).await;
+    let mut first_enrolled = Vec::new();
+    for &student in &students {
+        let enrolled = app.assign(student, taken.id).await.expect("enroll");
+        first_enrolled.push(enrolled.enrollment);
+    }
+
+    let pairs: Vec<(i64, i64)> = students
+        .iter()
+        .flat_map(|&student| {
+            [
+                (student, open.id),
+                (UNKNOWN, open.id),
+                (student, full.id),
+                (student, taken.id),
+                (student, UNKNOWN),
+            ]
+        })
+        .collect();
+    let calls = pairs.iter().map(|&(student_id, course_id)| {
+        let mut client = app.students.clone();
+        tokio::spawn(async move {
+            client
+                .assign_course(student_service::api::pb::AssignCourseRequest {
+                    student_id,
+                    course_id,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let results: Vec<_> = futures_join(calls).await;
+
+    for (&(student, course), result) in pairs.iter().zip(results) {
+        if student == UNKNOWN {
+            assert_error(
+                result,
+                Code::NotFound,
+                "STUDENT_NOT_FOUND",
+                "student 999999",
+            );
+        } else if course == UNKNOWN {
+            assert_error(result, Code::NotFound, "COURSE_NOT_FOUND", "course 999999");
+        } else if course == full.id {
+            assert_error(result, Code::FailedPrecondition, "COURSE_FULL", "is full");
+        } else if course == taken.id {
+            let response = result.expect("an existing pair is OK");
+            assert!(!response.created);
+            let index = students.iter().position(|&s| s == student);
+            assert_eq!(
+                Some(&response.enrollment),
+                index.and_then(|i| first_enrolled.get(i)),
+                "the original enrollment"
+            );
+        } else {
+            assert!(result.expect("a new pair is OK").created);
+        }
+    }
+    assert_eq!(app.get_course(open.id).await.enrolled, STUDENTS as i32);
+    assert_eq!(app.get_course(full.id).await.enrolled, 1);
+    assert_eq!(app.get_course(taken.id).await.enrolled, STUDENTS as i32);
     app.assert_integrity().await;
     app.stop().await;
 }
