@@ -1,6 +1,9 @@
 //! The service as operators see it: restarts, health, reflection, migrations, verify.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use student_service::{api::pb, server::ServerSettings};
 use tokio_stream::StreamExt;
@@ -230,7 +233,7 @@ async fn postgres_health_follows_the_database_and_calls_fail_fast_while_it_is_go
 
     proxy.cut().await;
     let down = wait_for_health(&mut health, ServingStatus::NotServing).await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let during = app
         .students
         .clone()
@@ -271,7 +274,7 @@ async fn wait_for_health(
     health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
     wanted: ServingStatus,
 ) -> Duration {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     loop {
         let status = health
             .check(check(""))
@@ -300,10 +303,11 @@ async fn postgres_address(url: &str) -> std::net::SocketAddr {
         .expect("an IPv4 address")
 }
 
-/// SQLite checkpoints its write-ahead log as it goes: under a steady stream of writes the WAL
-/// file stays near its 1,000-page auto-checkpoint size instead of growing with every write.
+/// SQLite's write-ahead log is checkpointed in the background while the server writes: the
+/// enrollments reach the database file itself (which grows only when a checkpoint copies pages
+/// into it) within moments, long before the WAL reaches the writer's own 10,000-page backstop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sqlite_write_ahead_log_stays_small_under_writes() {
+async fn the_sqlite_write_ahead_log_is_checkpointed_in_the_background() {
     const STUDENTS: usize = 60;
     const COURSES: usize = 30;
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -312,7 +316,12 @@ async fn the_sqlite_write_ahead_log_stays_small_under_writes() {
     for i in 0..COURSES {
         courses.push(app.create_course(&format!("C-{i}"), "Open", 0).await.id);
     }
+    let path = app.database.url.trim_start_matches("sqlite:").to_owned();
+    let file_size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = file_size();
 
+    // 1,800 enrollments: about 60 KB of new rows and index entries, some 15 new pages.
     let writers: Vec<_> = courses
         .iter()
         .map(|&course_id| {
@@ -334,10 +343,13 @@ async fn the_sqlite_write_ahead_log_stays_small_under_writes() {
         writer.await.expect("writer");
     }
 
-    let path = app.database.url.trim_start_matches("sqlite:").to_owned() + "-wal";
-    let wal_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-    // 1,800 enrollments write about 7,000 pages (28 MB) of log; checkpointed, the file is
-    // reused from its start once it passes 1,000 pages (4 MB).
-    assert!(wal_bytes < 12 << 20, "the WAL grew to {wal_bytes} bytes");
+    let started = Instant::now();
+    while file_size() <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the database file stayed at {before} bytes: nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     app.stop().await;
 }
