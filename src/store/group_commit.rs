@@ -95,10 +95,10 @@ impl Assigner {
         if self.queue.send(pending).is_err() {
             return Err(Error::Unavailable(sqlx::Error::PoolClosed));
         }
-        let gave_up = tokio::time::sleep(self.max_wait);
+        let worker_gone = || Err(Error::Unavailable(sqlx::Error::WorkerCrashed));
         tokio::select! {
-            answer = &mut answer => return answer.unwrap_or(Err(Error::Unavailable(sqlx::Error::WorkerCrashed))),
-            () = gave_up => {}
+            answer = &mut answer => return answer.unwrap_or_else(|_| worker_gone()),
+            () = tokio::time::sleep(self.max_wait) => {}
         }
         if state
             .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
@@ -107,9 +107,7 @@ impl Assigner {
             return Err(Error::Unavailable(sqlx::Error::PoolTimedOut));
         }
         // A batch took the call just now: it runs, so wait for its answer.
-        answer
-            .await
-            .unwrap_or(Err(Error::Unavailable(sqlx::Error::WorkerCrashed)))
+        answer.await.unwrap_or_else(|_| worker_gone())
     }
 }
 
@@ -180,7 +178,8 @@ async fn enroll(
     if let Some(assigned) = after_insert(inserted)? {
         return Ok(assigned);
     }
-    // The pair exists; this connection holds the write lock, so it cannot vanish meanwhile.
+    // The pair exists, and cannot vanish before we read it: every write of the service goes
+    // through this one connection, which is the batch's until it ends.
     let enroll_time: i64 = sqlx::query_scalar(SELECT)
         .bind(pending.pair.student_id)
         .bind(pending.pair.course_id)

@@ -3,7 +3,8 @@
 //! limits except `--max-in-flight`, lowered to [`MAX_IN_FLIGHT`] so that 4 connections of 128
 //! streams each (512 calls at the server at once) cross it. Every call must be answered within [`BOUND`] with a result, RESOURCE_EXHAUSTED
 //! (`OVERLOADED`: over `--max-in-flight`) or UNAVAILABLE (`DATABASE_UNAVAILABLE`: no connection
-//! within `--database-acquire-timeout`); the server must stay up, healthy and consistent.
+//! within `--database-acquire-timeout`); the server must stay up, healthy and consistent, and
+//! a refused call must have left no row behind.
 //!
 //! One transport answer is allowed too: an HTTP/2 `REFUSED_STREAM` reset, which tonic reports as
 //! UNAVAILABLE. A client that keeps its connection at the server's 128-stream limit opens a new
@@ -30,7 +31,7 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt;
 
-use super::WriteBlock;
+use super::{WriteBlock, is_enrolled};
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends, pool_settings},
     process::ServerProcess,
@@ -175,6 +176,18 @@ async fn overload_is_answered_within_bounds_and_memory_stays_bounded(backend: Ba
         "integrity violations: {violations:?}"
     );
     assert!(course.enrolled > 0, "the admitted writes were kept");
+    // A refused call never runs: the hot course holds exactly the students some call enrolled.
+    let mut enrolled_students = Vec::new();
+    for &student in &students {
+        if is_enrolled(&check, student, hot).await {
+            enrolled_students.push(student);
+        }
+    }
+    assert_eq!(
+        enrolled_students,
+        tally.succeeded_students(),
+        "enrolled students against those with an OK answer"
+    );
     let peak = server.peak_rss_mib();
     assert!(
         peak < PEAK_RSS_BOUND_MIB,
@@ -249,6 +262,8 @@ struct Tally {
     /// Calls whose status is not one this scenario allows, with their latency.
     unexpected: Vec<(Status, Duration)>,
     latencies: Vec<Duration>,
+    /// The calls answered OK.
+    succeeded: Vec<Call>,
 }
 
 /// Starts every call at once, spread over the connections; releases `block` after [`STALL`].
@@ -262,7 +277,7 @@ async fn run(channels: &[Channel], calls: Vec<Call>, block: Option<WriteBlock>) 
             tokio::spawn(async move {
                 let sent = Instant::now();
                 let result = tokio::time::timeout(BOUND * 2, call.send(channel)).await;
-                (result, sent.elapsed())
+                (call, result, sent.elapsed())
             })
         })
         .collect();
@@ -276,13 +291,15 @@ async fn run(channels: &[Channel], calls: Vec<Call>, block: Option<WriteBlock>) 
         by_code: BTreeMap::new(),
         unexpected: Vec::new(),
         latencies: Vec::new(),
+        succeeded: Vec::new(),
     };
     for task in tasks {
-        let (result, latency) = task.await.expect("no panic");
+        let (call, result, latency) = task.await.expect("no panic");
         tally.latencies.push(latency);
         let status = match result {
             Ok(Ok(())) => {
                 *tally.by_code.entry(format!("{:?}", Code::Ok)).or_default() += 1;
+                tally.succeeded.push(call);
                 continue;
             }
             Ok(Err(status)) => status,
@@ -329,6 +346,21 @@ fn refused_by_http2(status: &Status) -> bool {
 }
 
 impl Tally {
+    /// The students of the AssignCourse calls answered OK, sorted, once each.
+    fn succeeded_students(&self) -> Vec<i64> {
+        let mut students: Vec<i64> = self
+            .succeeded
+            .iter()
+            .filter_map(|call| match call {
+                Call::Assign(student, _) => Some(*student),
+                _ => None,
+            })
+            .collect();
+        students.sort_unstable();
+        students.dedup();
+        students
+    }
+
     fn count(&self, code: Code) -> usize {
         self.by_code
             .get(&format!("{code:?}"))
