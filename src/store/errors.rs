@@ -46,14 +46,15 @@ fn classify(err: &sqlx::Error) -> Class {
 }
 
 /// The database is there but cannot serve us now: SQLite busy or locked (which the busy timeout
-/// should prevent), or PostgreSQL connection failures, resource limits and shutdown.
+/// should prevent), or PostgreSQL connection failures, resource limits, shutdown, and a
+/// statement cancelled by the operator's `statement_timeout` (57014): nothing was written.
 fn is_unavailable(db: &dyn DatabaseError) -> bool {
     let Some(code) = db.code() else { return false };
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // Primary result codes live in the low byte: SQLITE_BUSY = 5, SQLITE_LOCKED = 6.
         return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
     }
-    ["08", "53", "57P"]
+    ["08", "53", "57P", "57014"]
         .iter()
         .any(|class| code.starts_with(class))
 }

@@ -28,6 +28,8 @@ on_both_backends!(
 );
 
 const DEADLINE: Duration = Duration::from_millis(300);
+/// The `statement_timeout` the PostgreSQL test puts in the database URL.
+const STATEMENT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How much later than its deadline a call may be answered on a busy two-core machine.
 const SLACK: Duration = Duration::from_secs(1);
 const ASSIGN: &str = "/school.v1.StudentService/AssignCourse";
@@ -248,4 +250,48 @@ async fn eventually_enrolled(store: &Store, student_id: i64, course_id: i64) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// An operator bounds how long any statement may run with PostgreSQL's `statement_timeout` in the
+/// database URL; a statement stuck behind a lock is then cancelled by PostgreSQL, the caller
+/// gets UNAVAILABLE (retryable: nothing was written) and the connection is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_statement_timeout_from_the_url_frees_statements_stuck_on_a_lock() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let mut database = TestDatabase::create(&backend).await;
+    let separator = if database.url.contains('?') { '&' } else { '?' };
+    database.url = format!(
+        "{}{separator}options=-c%20statement_timeout%3D{}",
+        database.url,
+        STATEMENT_TIMEOUT.as_millis()
+    );
+    let app = TestApp::spawn_on(database, ServerSettings::default()).await;
+    let course = app.create_course("LOCKED-1", "Waits for a lock", 0).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+
+    let block = WriteBlock::hold(&app.database.url, course.id).await;
+    let started = Instant::now();
+    let result = app.assign(ada.id, course.id).await;
+    let elapsed = started.elapsed();
+    assert_error(
+        result,
+        Code::Unavailable,
+        "DATABASE_UNAVAILABLE",
+        "the database is unavailable",
+    );
+    assert!(
+        elapsed >= STATEMENT_TIMEOUT && elapsed < STATEMENT_TIMEOUT + SLACK,
+        "answered after {elapsed:?}"
+    );
+    block.release().await;
+    assert!(!is_enrolled(&app.store, ada.id, course.id).await);
+    let retried = app.assign(ada.id, course.id).await.expect("retry");
+    assert!(
+        retried.created,
+        "the cancelled statement left nothing behind"
+    );
+    app.assert_integrity().await;
+    app.stop().await;
 }
