@@ -3,7 +3,9 @@
 //! Both backends run the same SQL (`$1` placeholders, `RETURNING` and `ON CONFLICT` exist in
 //! both); where the dialects differ, the difference lives in the migrations (`migrations/sqlite`,
 //! `migrations/postgres`), which also hold the integrity rules: seat counting and the capacity
-//! limit are triggers, so every write is a single atomic statement on either backend.
+//! limit are triggers, so every write is a single atomic statement on either backend. The one
+//! path that differs is how AssignCourse reaches SQLite's single writer: in groups, several
+//! such statements to a transaction (`group_commit`); PostgreSQL takes each on its own.
 //!
 //! Statements with `RETURNING` are read with `fetch_all`, never `fetch_one`/`fetch_optional`:
 //! SQLite runs its WAL auto-checkpoint only when a statement is stepped to completion, and
