@@ -201,7 +201,16 @@ async fn open_sqlite(
 }
 
 async fn open_postgres(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("student-service");
+    let mut options = PgConnectOptions::from_str(url)?.application_name("student-service");
+    // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
+    // every start) would be logged as INFO lines; warnings still come through. A
+    // `client_min_messages` in the URL's `options` wins.
+    if options
+        .get_options()
+        .is_none_or(|set| !set.contains("client_min_messages"))
+    {
+        options = options.options([("client_min_messages", "warning")]);
+    }
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
