@@ -50,6 +50,18 @@ macro_rules! on_both_backends {
 }
 pub(crate) use on_both_backends;
 
+/// Runs the same read against whichever pool the store reads from, as the store does itself:
+/// the expression is compiled once per backend.
+macro_rules! read_with {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            student_service::store::Store::Sqlite { readers: $pool, .. } => $body,
+            student_service::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use read_with;
+
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     Sqlite,
@@ -385,20 +397,10 @@ impl TestApp {
     /// The number of enrollment rows the database holds for a course.
     pub(crate) async fn enrollment_rows(&self, course_id: i64) -> i64 {
         const SQL: &str = "SELECT COUNT(*) FROM student_courses WHERE course_id = $1";
-        match &self.store {
-            Store::Sqlite { readers: pool, .. } => {
-                sqlx::query_scalar(SQL)
-                    .bind(course_id)
-                    .fetch_one(pool)
-                    .await
-            }
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(course_id)
-                    .fetch_one(pool)
-                    .await
-            }
-        }
+        read_with!(&self.store, pool => sqlx::query_scalar(SQL)
+            .bind(course_id)
+            .fetch_one(pool)
+            .await)
         .expect("count rows")
     }
 }

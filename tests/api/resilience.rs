@@ -25,7 +25,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    helpers::{Backend, TestDatabase, on_both_backends, pool_settings},
+    helpers::{Backend, TestDatabase, on_both_backends, pool_settings, read_with},
     process::ServerProcess,
 };
 
@@ -45,12 +45,15 @@ fn env_number(name: &str, default: u64) -> u64 {
 /// Every (student, course) pair the database holds.
 async fn stored_pairs(store: &Store) -> HashSet<(i64, i64)> {
     const SQL: &str = "SELECT student_id, course_id FROM student_courses";
-    let rows: Vec<(i64, i64)> = match store {
-        Store::Sqlite { readers, .. } => sqlx::query_as(SQL).fetch_all(readers).await,
-        Store::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
-    }
-    .expect("read enrollments");
+    let rows: Vec<(i64, i64)> =
+        read_with!(store, pool => sqlx::query_as(SQL).fetch_all(pool).await)
+            .expect("read enrollments");
     rows.into_iter().collect()
+}
+
+/// Client `client`'s share of `ids` when `clients` split them: every `clients`-th, from its own.
+fn share_of(ids: &[i64], client: usize, clients: usize) -> Vec<i64> {
+    ids.iter().copied().skip(client).step_by(clients).collect()
 }
 
 async fn assert_verify_passes(store: &Store) {
@@ -189,12 +192,7 @@ async fn racing_replicas_keep_every_promise(backend: Backend) {
     let started = Instant::now();
     let mut workers = Vec::new();
     for client in 0..clients {
-        let mine: Vec<i64> = student_ids
-            .iter()
-            .copied()
-            .skip(client)
-            .step_by(clients)
-            .collect();
+        let mine = share_of(&student_ids, client, clients);
         let course_ids = course_ids.clone();
         let mut api = StudentServiceClient::new(servers[client % replicas].channel().await);
         workers.push(tokio::spawn(async move {
@@ -416,12 +414,7 @@ async fn sigterm_turns_health_off_finishes_calls_in_flight_and_exits(backend: Ba
 
     let mut workers = Vec::new();
     for client in 0..CLIENTS {
-        let mine: Vec<i64> = student_ids
-            .iter()
-            .copied()
-            .skip(client)
-            .step_by(CLIENTS)
-            .collect();
+        let mine = share_of(&student_ids, client, CLIENTS);
         let mut api = StudentServiceClient::new(server.channel().await);
         workers.push(tokio::spawn(async move {
             let mut calls = Vec::new();

@@ -170,20 +170,17 @@ async fn the_request_timeout_caps_calls_that_set_no_deadline(backend: Backend) {
     let course = app.create_course("SLOW-2", "Waits for a lock", 0).await;
     let ada = app.create_student("Ada", "ada@example.com").await;
 
-    let block = WriteBlock::hold(&app.database.url, course.id).await;
-    let started = Instant::now();
-    let result = app.assign(ada.id, course.id).await;
-    let elapsed = started.elapsed();
-    assert_error(
-        result,
-        Code::DeadlineExceeded,
-        "DEADLINE_EXCEEDED",
-        "did not finish within its deadline of 300ms",
-    );
-    assert!(
-        elapsed >= DEADLINE && elapsed < DEADLINE + SLACK,
-        "answered after {elapsed:?}"
-    );
+    let block = assign_fails_behind_a_lock(
+        &app,
+        (ada.id, course.id),
+        DEADLINE,
+        (
+            Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            "did not finish within its deadline of 300ms",
+        ),
+    )
+    .await;
     // Calls that do not wait for the lock are still served.
     assert_eq!(app.get_course(course.id).await.enrolled, 0);
     // A client that stops halfway through its request is cut off by the same timeout.
@@ -217,6 +214,27 @@ async fn the_request_timeout_caps_calls_that_set_no_deadline(backend: Backend) {
 
 /// Waits until `writers` statements are waiting for the lock, as PostgreSQL shows its lock
 /// waits. SQLite's busy handler shows nowhere; there, its one writer is the early call's.
+/// Takes the write lock on the course, then calls AssignCourse for the pair: the call must fail
+/// with `expected` (code, ErrorInfo reason, part of the message) after `after`, give or take
+/// [`SLACK`]. Returns the lock, still held.
+async fn assign_fails_behind_a_lock(
+    app: &TestApp,
+    (student_id, course_id): (i64, i64),
+    after: Duration,
+    (code, reason, message): (Code, &str, &str),
+) -> WriteBlock {
+    let block = WriteBlock::hold(&app.database.url, course_id).await;
+    let started = Instant::now();
+    let result = app.assign(student_id, course_id).await;
+    let elapsed = started.elapsed();
+    assert_error(result, code, reason, message);
+    assert!(
+        elapsed >= after && elapsed < after + SLACK,
+        "answered after {elapsed:?}"
+    );
+    block
+}
+
 async fn wait_until_writes_wait(app: &TestApp, writers: usize) {
     let Store::Postgres(pool) = &app.store else {
         return;
@@ -271,20 +289,17 @@ async fn postgres_statement_timeout_from_the_url_frees_statements_stuck_on_a_loc
     let course = app.create_course("LOCKED-1", "Waits for a lock", 0).await;
     let ada = app.create_student("Ada", "ada@example.com").await;
 
-    let block = WriteBlock::hold(&app.database.url, course.id).await;
-    let started = Instant::now();
-    let result = app.assign(ada.id, course.id).await;
-    let elapsed = started.elapsed();
-    assert_error(
-        result,
-        Code::Unavailable,
-        "DATABASE_UNAVAILABLE",
-        "the database is unavailable",
-    );
-    assert!(
-        elapsed >= STATEMENT_TIMEOUT && elapsed < STATEMENT_TIMEOUT + SLACK,
-        "answered after {elapsed:?}"
-    );
+    let block = assign_fails_behind_a_lock(
+        &app,
+        (ada.id, course.id),
+        STATEMENT_TIMEOUT,
+        (
+            Code::Unavailable,
+            "DATABASE_UNAVAILABLE",
+            "the database is unavailable",
+        ),
+    )
+    .await;
     block.release().await;
     assert!(!is_enrolled(&app.store, ada.id, course.id).await);
     let retried = app.assign(ada.id, course.id).await.expect("retry");

@@ -9,6 +9,8 @@ mod raw;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use student_service::store::Store;
 
+use crate::helpers::read_with;
+
 /// Makes writes wait, from a connection of the test's own, without mocks. On SQLite it takes the
 /// database's write lock (`BEGIN IMMEDIATE`), so every write waits in SQLite's busy handler; on
 /// PostgreSQL it locks one course row (`SELECT ... FOR UPDATE`), so an enrollment in that course
@@ -71,11 +73,9 @@ pub(crate) async fn snapshot(store: &Store) -> Vec<String> {
     ];
     let mut rows = Vec::new();
     for sql in TABLES {
-        let table: Vec<String> = match store {
-            Store::Sqlite { readers, .. } => sqlx::query_scalar(sql).fetch_all(readers).await,
-            Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
-        }
-        .expect("read a table");
+        let table: Vec<String> =
+            read_with!(store, pool => sqlx::query_scalar(sql).fetch_all(pool).await)
+                .expect("read a table");
         rows.extend(table);
     }
     rows
@@ -85,22 +85,11 @@ pub(crate) async fn snapshot(store: &Store) -> Vec<String> {
 pub(crate) async fn is_enrolled(store: &Store, student_id: i64, course_id: i64) -> bool {
     const SQL: &str =
         "SELECT COUNT(*) FROM student_courses WHERE student_id = $1 AND course_id = $2";
-    let count: i64 = match store {
-        Store::Sqlite { readers, .. } => {
-            sqlx::query_scalar(SQL)
-                .bind(student_id)
-                .bind(course_id)
-                .fetch_one(readers)
-                .await
-        }
-        Store::Postgres(pool) => {
-            sqlx::query_scalar(SQL)
-                .bind(student_id)
-                .bind(course_id)
-                .fetch_one(pool)
-                .await
-        }
-    }
+    let count: i64 = read_with!(store, pool => sqlx::query_scalar(SQL)
+        .bind(student_id)
+        .bind(course_id)
+        .fetch_one(pool)
+        .await)
     .expect("count rows");
     count == 1
 }
