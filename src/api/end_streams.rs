@@ -16,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 use tower::Service;
 
+use super::BoxFuture;
+
 /// Fires once, when shutdown begins.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
@@ -35,8 +37,6 @@ impl<S> EndOnShutdown<S> {
 impl<S: tonic::server::NamedService> tonic::server::NamedService for EndOnShutdown<S> {
     const NAME: &'static str = S::NAME;
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for EndOnShutdown<S>
 where

@@ -17,7 +17,6 @@
 //! not fail because the server is busy serving.
 
 use std::{
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -28,6 +27,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::BoxFuture;
 use crate::error::Error;
 
 /// Calls under this path prefix skip the in-flight limit.
@@ -67,8 +67,6 @@ pub struct CallLimits<S> {
     inner: S,
     limits: CallLimitsLayer,
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CallLimits<S>
 where

@@ -18,6 +18,8 @@ use tonic::Code;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span};
 
+use super::BoxFuture;
+
 /// Adds [`RpcLog`] to every service of the server.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcLogLayer;
@@ -34,8 +36,6 @@ impl<S> Layer<S> for RpcLogLayer {
 pub struct RpcLog<S> {
     inner: S,
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcLog<S>
 where

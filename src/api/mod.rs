@@ -8,6 +8,9 @@ pub mod logging;
 mod status;
 mod students;
 
+/// The boxed future our tower layers (`end_streams`, `limits`, `logging`) answer with.
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
 pub use courses::CourseApi;
 pub use students::StudentApi;
 
