@@ -8,6 +8,7 @@ mod courses;
 mod enrollments;
 mod lifecycle;
 mod pagination;
+mod parity;
 mod races;
 mod reliability;
 mod resilience;
