@@ -5,6 +5,7 @@ mod page;
 #[cfg(test)]
 mod proptests;
 mod requests;
+mod text;
 
 pub use page::{Listing, Page, PageRequest};
 pub use requests::{

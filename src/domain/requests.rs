@@ -1,7 +1,7 @@
 //! Validation of incoming requests. Each parser checks every field and reports all violations at
 //! once, so a client fixes its request in one round trip.
 
-use super::{Listing, PageRequest};
+use super::{Listing, PageRequest, text};
 use crate::error::{Error, FieldViolation, Result};
 
 const MAX_NAME_CHARS: usize = 200;
@@ -79,11 +79,12 @@ pub fn parse_student_course(student_id: i64, course_id: i64) -> Result<StudentCo
     checks.finish(pair)
 }
 
-/// A valid CreateStudent request.
+/// A valid CreateStudent request, in the form it is stored (see `text` for the Unicode rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewStudent {
+    /// NFC.
     pub name: String,
-    /// Lower-cased.
+    /// NFKC and case-folded (lower case).
     pub email: String,
 }
 
@@ -98,13 +99,14 @@ impl NewStudent {
     }
 }
 
-/// A valid CreateCourse request.
+/// A valid CreateCourse request, in the form it is stored (see `text` for the Unicode rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCourse {
-    /// Upper-cased.
+    /// NFKC and upper-cased.
     pub code: String,
+    /// NFC.
     pub title: String,
-    /// The title lower-cased, for case-insensitive search.
+    /// The title case-folded, for case-insensitive search.
     pub title_folded: String,
     pub capacity: i32,
 }
@@ -117,21 +119,21 @@ impl NewCourse {
         let capacity = checks.take(parse_capacity(capacity));
         checks.finish(NewCourse {
             code,
-            title_folded: title.to_lowercase(),
+            title_folded: text::fold(&title),
             title,
             capacity,
         })
     }
 }
 
-/// A SearchCourses query, folded and escaped for `LIKE ... ESCAPE '\'`.
+/// A SearchCourses query, folded as codes and titles are and escaped for `LIKE ... ESCAPE '\'`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchQuery {
     /// The trimmed query as the client sent it; empty means the whole catalogue.
     pub text: String,
-    /// `CODE%`: upper-cased, LIKE-escaped, matches codes that start with the query.
+    /// `CODE%`: normalised as codes are, LIKE-escaped, matches codes that start with the query.
     pub code_prefix: String,
-    /// `%title%`: lower-cased, LIKE-escaped, matches titles that contain the query.
+    /// `%title%`: case-folded, LIKE-escaped, matches titles that contain the query.
     pub title_contains: String,
 }
 
@@ -152,8 +154,8 @@ impl SearchQuery {
         }
         Ok(SearchQuery {
             text: text.to_owned(),
-            code_prefix: format!("{}%", escape_like(&text.to_uppercase())),
-            title_contains: format!("%{}%", escape_like(&text.to_lowercase())),
+            code_prefix: format!("{}%", escape_like(&text::code(text))),
+            title_contains: format!("%{}%", escape_like(&text::fold(text))),
         })
     }
 
@@ -208,13 +210,19 @@ fn escape_like(text: &str) -> String {
     escaped
 }
 
-/// Free text such as a name or title: trimmed, 1..=max characters, no control characters.
-/// Anything else, quotes and SQL included, is kept verbatim.
-fn parse_text(field: &'static str, text: &str, max: usize) -> Result<String, FieldViolation> {
-    let text = text.trim();
+/// Free text such as a name or title: trimmed, in NFC, 1..=max characters, something visible,
+/// no control characters. Anything else, quotes and SQL included, is kept verbatim.
+fn parse_text(field: &'static str, sent: &str, max: usize) -> Result<String, FieldViolation> {
+    let text = text::display(sent.trim());
     let chars = text.chars().count();
     if chars == 0 {
         return Err(FieldViolation::new(field, "must not be empty"));
+    }
+    if !text::is_visible(&text) {
+        return Err(FieldViolation::new(
+            field,
+            "must contain a visible character, not only invisible ones such as U+200B",
+        ));
     }
     if chars > max {
         return Err(FieldViolation::new(
@@ -228,25 +236,33 @@ fn parse_text(field: &'static str, text: &str, max: usize) -> Result<String, Fie
             "must not contain control characters",
         ));
     }
-    Ok(text.to_owned())
+    Ok(text)
 }
 
-fn parse_code(code: &str) -> Result<String, FieldViolation> {
-    let code = code.trim();
+/// A course code: trimmed, normalised and upper-cased (see `text`), then 1 to 32 characters
+/// of that stored form, none of them invisible.
+fn parse_code(sent: &str) -> Result<String, FieldViolation> {
+    let code = text::code(sent.trim());
     let chars = code.chars().count();
     if chars == 0 || chars > MAX_CODE_CHARS {
+        let upper_cased = if chars > MAX_CODE_CHARS && sent.trim().chars().count() <= MAX_CODE_CHARS
+        {
+            " once normalised and upper-cased"
+        } else {
+            ""
+        };
         return Err(FieldViolation::new(
             "code",
-            format!("must be 1 to {MAX_CODE_CHARS} characters, got {chars}"),
+            format!("must be 1 to {MAX_CODE_CHARS} characters{upper_cased}, got {chars}"),
         ));
     }
-    if code.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if code.chars().any(text::is_invisible) {
         return Err(FieldViolation::new(
             "code",
-            "must not contain whitespace or control characters",
+            "must not contain whitespace, control or invisible characters",
         ));
     }
-    Ok(code.to_uppercase())
+    Ok(code)
 }
 
 fn parse_capacity(capacity: i32) -> Result<i32, FieldViolation> {
@@ -260,18 +276,19 @@ fn parse_capacity(capacity: i32) -> Result<i32, FieldViolation> {
     }
 }
 
-/// A plausible address: `local@domain.tld`, no whitespace, within the lengths of RFC 5321.
-fn parse_email(email: &str) -> Result<String, FieldViolation> {
-    let email = email.trim();
+/// A plausible address: `local@domain.tld`, nothing invisible, within the lengths of RFC 5321,
+/// all checked on the stored form (normalised and case-folded, see `text`).
+fn parse_email(sent: &str) -> Result<String, FieldViolation> {
+    let email = text::fold(sent.trim());
     let invalid = |why: &str| Err(FieldViolation::new("email", why.to_owned()));
     if email.is_empty() {
         return invalid("must not be empty");
     }
     if email.len() > MAX_EMAIL_BYTES {
-        return invalid("must be at most 254 bytes");
+        return invalid("must be at most 254 bytes once normalised and lower-cased");
     }
-    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return invalid("must not contain whitespace or control characters");
+    if email.chars().any(text::is_invisible) {
+        return invalid("must not contain whitespace, control or invisible characters");
     }
     let Some((local, domain)) = email.split_once('@') else {
         return invalid("must look like name@example.com");
@@ -279,10 +296,13 @@ fn parse_email(email: &str) -> Result<String, FieldViolation> {
     let domain_ok = !domain.contains('@')
         && domain.contains('.')
         && domain.split('.').all(|label| !label.is_empty());
-    if local.is_empty() || local.len() > MAX_EMAIL_LOCAL_BYTES || !domain_ok {
+    if local.len() > MAX_EMAIL_LOCAL_BYTES {
+        return invalid("must have at most 64 bytes before the @ once normalised and lower-cased");
+    }
+    if local.is_empty() || !domain_ok {
         return invalid("must look like name@example.com");
     }
-    Ok(email.to_lowercase())
+    Ok(email)
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ async fn course_codes_are_unique_ignoring_case(backend: Backend) {
     app.stop().await;
 }
 
-async fn search(app: &TestApp, query: &str) -> Vec<String> {
+pub(crate) async fn search(app: &TestApp, query: &str) -> Vec<String> {
     let response = app
         .courses
         .clone()

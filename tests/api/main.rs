@@ -14,3 +14,4 @@ mod reliability;
 mod resilience;
 mod security;
 mod students;
+mod unicode;

@@ -1,0 +1,194 @@
+//! Text that Unicode lets a client write several ways is one value: look-alike codes and
+//! e-mails are duplicates, lengths hold for what is stored, invisible-only text is refused, and
+//! search folds case and spelling.
+
+use student_service::api::pb;
+use tonic::Code;
+
+use crate::{
+    courses::search,
+    helpers::{Backend, TestApp, assert_error, on_both_backends, violated_fields},
+};
+
+on_both_backends!(
+    codes_and_emails_that_grow_when_case_changes_are_refused_by_their_stored_length,
+    look_alike_codes_and_emails_are_duplicates,
+    invisible_only_names_titles_and_codes_are_refused,
+    search_folds_case_and_unicode_spelling,
+);
+
+async fn create_course(
+    app: &TestApp,
+    code: &str,
+    title: &str,
+) -> Result<pb::Course, tonic::Status> {
+    app.courses
+        .clone()
+        .create_course(pb::CreateCourseRequest {
+            code: code.into(),
+            title: title.into(),
+            capacity: 5,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn create_student(
+    app: &TestApp,
+    name: &str,
+    email: &str,
+) -> Result<pb::Student, tonic::Status> {
+    app.students
+        .clone()
+        .create_student(pb::CreateStudentRequest {
+            name: name.into(),
+            email: email.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn codes_and_emails_that_grow_when_case_changes_are_refused_by_their_stored_length(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+
+    // 17 characters sent, 34 once upper-cased ("ß" -> "SS"); likewise "ﬃ" -> "FFI", "ŉ" -> "ʼN".
+    for code in ["ß".repeat(17), "ﬃ".repeat(11), "ŉ".repeat(20)] {
+        let status = assert_error(
+            create_course(&app, &code, "Grows").await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "once normalised and upper-cased",
+        );
+        assert_eq!(violated_fields(&status), ["code"]);
+    }
+    // "İ" lower-cases to two code points: 32 of them are 96 bytes before the @.
+    let status = assert_error(
+        create_student(&app, "Long", &format!("{}@example.com", "İ".repeat(32))).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        "at most 64 bytes before the @",
+    );
+    assert_eq!(violated_fields(&status), ["email"]);
+
+    let fits = create_course(&app, &"ß".repeat(16), "Fits")
+        .await
+        .expect("32 once upper-cased");
+    assert_eq!(fits.code, "SS".repeat(16));
+    let student = create_student(&app, "Fits", &format!("{}@example.com", "İ".repeat(21)))
+        .await
+        .expect("63 bytes once lower-cased");
+    assert_eq!(
+        student.email,
+        format!("{}@example.com", "i\u{307}".repeat(21))
+    );
+    assert_eq!(
+        app.students
+            .clone()
+            .get_student(pb::GetStudentRequest {
+                student_id: student.id
+            })
+            .await
+            .expect("read back")
+            .into_inner(),
+        student
+    );
+    app.assert_integrity().await;
+    app.stop().await;
+}
+
+async fn look_alike_codes_and_emails_are_duplicates(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let cafe = create_course(&app, "CAF\u{c9}", "Coffee")
+        .await
+        .expect("NFC");
+    create_course(&app, "CS1", "Computing")
+        .await
+        .expect("ASCII");
+    create_student(&app, "José", "jos\u{e9}@example.com")
+        .await
+        .expect("NFC");
+
+    // The same code with the accent as a combining mark (NFD), in full-width letters, with ß.
+    for (code, stored) in [("CAFE\u{301}", "CAF\u{c9}"), ("ｃｓ１", "CS1")] {
+        assert_error(
+            create_course(&app, code, "Again").await,
+            Code::AlreadyExists,
+            "COURSE_CODE_TAKEN",
+            stored,
+        );
+    }
+    assert_error(
+        create_student(&app, "José again", "JOSE\u{301}@EXAMPLE.COM").await,
+        Code::AlreadyExists,
+        "EMAIL_TAKEN",
+        "jos\u{e9}@example.com",
+    );
+    create_course(&app, "STRASSE", "Roads")
+        .await
+        .expect("first");
+    assert_error(
+        create_course(&app, "straße", "Roads again").await,
+        Code::AlreadyExists,
+        "COURSE_CODE_TAKEN",
+        "STRASSE",
+    );
+    // Names and titles are stored in NFC: one spelling for one visible string.
+    let nfd = create_course(&app, "NFD", "Cafe\u{301} au lait")
+        .await
+        .expect("NFD title");
+    assert_eq!(nfd.title, "Caf\u{e9} au lait");
+    assert_eq!(cafe.code, "CAF\u{c9}");
+    app.stop().await;
+}
+
+async fn invisible_only_names_titles_and_codes_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    for invisible in ["\u{200B}", "\u{3164}", "\u{200D}\u{FEFF}"] {
+        let status = assert_error(
+            create_course(&app, invisible, invisible).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "invisible",
+        );
+        assert_eq!(violated_fields(&status), ["code", "title"]);
+        let status = assert_error(
+            create_student(&app, invisible, "a@example.com").await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "visible character",
+        );
+        assert_eq!(violated_fields(&status), ["name"]);
+    }
+    // A code may not hide an invisible character beside visible ones either.
+    assert_error(
+        create_course(&app, "CS\u{200B}1", "Hidden").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        "invisible",
+    );
+    app.stop().await;
+}
+
+async fn search_folds_case_and_unicode_spelling(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    create_course(&app, "ROADS", "Straße und Weg")
+        .await
+        .expect("German");
+    create_course(&app, "GREEK", "ΟΔΟΣ ΚΑΙ ΔΡΟΜΟΣ")
+        .await
+        .expect("Greek");
+    create_course(&app, "COFFEE", "Caf\u{e9} culture")
+        .await
+        .expect("NFC");
+
+    assert_eq!(search(&app, "strasse").await, ["ROADS"]);
+    assert_eq!(search(&app, "STRASSE").await, ["ROADS"]);
+    assert_eq!(search(&app, "οδοσ").await, ["GREEK"]);
+    assert_eq!(search(&app, "οδος").await, ["GREEK"]);
+    assert_eq!(search(&app, "cafe\u{301}").await, ["COFFEE"]);
+    assert_eq!(search(&app, "ｒｏａｄ").await, ["ROADS"]);
+    app.stop().await;
+}
