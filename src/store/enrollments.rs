@@ -17,6 +17,13 @@ pub(super) const INSERT: &str = "INSERT INTO student_courses (student_id, course
 pub(super) const SELECT: &str =
     "SELECT enroll_time FROM student_courses WHERE student_id = $1 AND course_id = $2";
 const DELETE: &str = "DELETE FROM student_courses WHERE student_id = $1 AND course_id = $2";
+// PostgreSQL: the course row is locked before the enrollment row, the order every write keeps
+// there (migrations/postgres/0003), or this would deadlock with DeleteCourse, which holds the
+// course while its cascade waits for the enrollment. A joined row exists only once the CTE has
+// locked the course, and the enrollment is locked only when that row is deleted.
+const DELETE_AFTER_LOCKING_COURSE: &str = "WITH course AS \
+    (SELECT id FROM courses WHERE id = $2 FOR NO KEY UPDATE) \
+    DELETE FROM student_courses sc USING course WHERE sc.student_id = $1 AND sc.course_id = course.id";
 
 /// On PostgreSQL an existing pair can vanish between the INSERT that found it and the SELECT
 /// that reads it (a concurrent UnassignCourse); each such race costs one more try.
@@ -69,7 +76,11 @@ impl Store {
 
     /// Removes the enrollment; the seat trigger frees the seat in the same statement.
     pub async fn unassign(&self, pair: StudentCourse) -> Result<()> {
-        let deleted = with_writer!(self, pool => sqlx::query(DELETE)
+        let delete = match self {
+            Store::Sqlite { .. } => DELETE,
+            Store::Postgres(_) => DELETE_AFTER_LOCKING_COURSE,
+        };
+        let deleted = with_writer!(self, pool => sqlx::query(delete)
             .bind(pair.student_id)
             .bind(pair.course_id)
             .execute(pool)

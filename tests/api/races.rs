@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use student_service::api::pb;
 use tonic::Code;
 
 use crate::helpers::{Backend, TestApp, assert_error, on_both_backends};
@@ -11,6 +12,7 @@ on_both_backends!(
     racing_on_the_same_pair_creates_one_row,
     churn_keeps_counts_equal_to_rows,
     concurrent_assignments_each_get_their_own_answer,
+    deletes_racing_enrollments_never_deadlock,
 );
 
 async fn racing_for_the_last_seats_admits_exactly_capacity(backend: Backend) {
@@ -209,6 +211,133 @@ async fn concurrent_assignments_each_get_their_own_answer(backend: Backend) {
 }
 
 /// Awaits every spawned task, in order.
+/// DeleteStudent and DeleteCourse cascade through enrollments while AssignCourse and
+/// UnassignCourse change them: every write takes its locks in one order (courses before
+/// enrollments, courses by id), so none waits in a cycle. A deadlock would cost PostgreSQL's
+/// `deadlock_timeout` and come back ABORTED, which the contract does not list for these calls.
+async fn deletes_racing_enrollments_never_deadlock(backend: Backend) {
+    const ROUNDS: usize = 3;
+    const STUDENTS: usize = 30;
+    const COURSES: usize = 8;
+    let app = TestApp::spawn(backend).await;
+    let mut codes = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        let mut students = Vec::new();
+        for i in 0..STUDENTS {
+            let email = format!("r{round}s{i}@example.com");
+            students.push(app.create_student(&format!("S{i}"), &email).await.id);
+        }
+        let mut courses = Vec::new();
+        for i in 0..COURSES {
+            let capacity = if i % 2 == 0 { 0 } else { 40 };
+            courses.push(
+                app.create_course(&format!("R{round}C{i}"), "Race", capacity)
+                    .await
+                    .id,
+            );
+        }
+        for &student in &students {
+            for &course in &courses {
+                app.assign(student, course)
+                    .await
+                    .expect("enroll before the race");
+            }
+        }
+
+        let mut tasks = Vec::new();
+        // 2 tasks delete the courses, 4 the students (each in an order of its own), 10 enroll
+        // and unenroll random pairs.
+        for task in 0..2 {
+            let mut client = app.courses.clone();
+            let mine: Vec<i64> = courses
+                .iter()
+                .copied()
+                .skip(task)
+                .step_by(2)
+                .rev()
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for course_id in mine {
+                    let request = pb::DeleteCourseRequest { course_id };
+                    codes.push(("DeleteCourse", code_of(client.delete_course(request).await)));
+                }
+                codes
+            }));
+        }
+        for task in 0..4 {
+            let mut client = app.students.clone();
+            let mut mine: Vec<i64> = students.iter().copied().skip(task).step_by(4).collect();
+            fastrand::shuffle(&mut mine);
+            tasks.push(tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for student_id in mine {
+                    let request = pb::DeleteStudentRequest { student_id };
+                    codes.push((
+                        "DeleteStudent",
+                        code_of(client.delete_student(request).await),
+                    ));
+                }
+                codes
+            }));
+        }
+        for _ in 0..10 {
+            let mut client = app.students.clone();
+            let (students, courses) = (students.clone(), courses.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for _ in 0..40 {
+                    let student_id = students[fastrand::usize(..students.len())];
+                    let course_id = courses[fastrand::usize(..courses.len())];
+                    if fastrand::bool() {
+                        let request = pb::AssignCourseRequest {
+                            student_id,
+                            course_id,
+                        };
+                        codes.push(("AssignCourse", code_of(client.assign_course(request).await)));
+                    } else {
+                        let request = pb::UnassignCourseRequest {
+                            student_id,
+                            course_id,
+                        };
+                        let answer = client.unassign_course(request).await;
+                        codes.push(("UnassignCourse", code_of(answer)));
+                    }
+                }
+                codes
+            }));
+        }
+        for (call, code) in futures_join(tasks.into_iter()).await.into_iter().flatten() {
+            *codes.entry((call, format!("{code:?}"))).or_insert(0) += 1;
+        }
+    }
+
+    let unexpected: Vec<_> = codes
+        .iter()
+        .filter(|((_, code), _)| !["Ok", "NotFound", "FailedPrecondition"].contains(&code.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected codes: {unexpected:?} (all: {codes:?})"
+    );
+    assert_eq!(
+        codes[&("DeleteCourse", "Ok".to_owned())],
+        ROUNDS * COURSES,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes[&("DeleteStudent", "Ok".to_owned())],
+        ROUNDS * STUDENTS,
+        "{codes:?}"
+    );
+    app.assert_integrity().await;
+    app.stop().await;
+}
+
+fn code_of<T>(answer: Result<T, tonic::Status>) -> Code {
+    answer.map_or_else(|status| status.code(), |_| Code::Ok)
+}
+
 async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let tasks: Vec<_> = tasks.collect();
     let mut results = Vec::with_capacity(tasks.len());
