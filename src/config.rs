@@ -152,13 +152,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The URL with any password replaced by `***`, fit for logs and error messages.
+/// The URL with every secret replaced by `***`, fit for logs, output and error messages: the
+/// password of `user:password@`, and the value of every query parameter whose name, in any case,
+/// looks secret (`password`, `Password`, `sslpassword`, `token`, ...).
 pub fn redact(url: &str) -> String {
-    let mut redacted = url.to_owned();
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut redacted = base.to_owned();
     // postgres://user:password@host/db
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if let Some(scheme_end) = base.find("://") {
+        let rest = &base[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@')
             && let Some(colon) = rest[..at].find(':')
         {
@@ -166,15 +169,35 @@ pub fn redact(url: &str) -> String {
             redacted.replace_range(start..scheme_end + 3 + at, "***");
         }
     }
-    // ...?password=secret&...
-    if let Some(pos) = redacted.find("password=") {
-        let start = pos + "password=".len();
-        let end = redacted[start..]
-            .find('&')
-            .map_or(redacted.len(), |i| start + i);
-        redacted.replace_range(start..end, "***");
+    if url.contains('?') {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((key, _)) if looks_secret(key) => format!("{key}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&parameters.join("&"));
     }
     redacted
+}
+
+/// Parameter names that carry credentials, in any case and with any prefix (`sslpassword`).
+fn looks_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "credential",
+        "auth",
+        "apikey",
+        "api_key",
+    ]
+    .iter()
+    .any(|marker| key.contains(marker))
 }
 
 #[cfg(test)]
@@ -195,6 +218,11 @@ mod tests {
             redact("sqlite:student-service.db"),
             "sqlite:student-service.db"
         );
+        assert_eq!(
+            redact("postgres://db/s?sslpassword=a&Password=b&PASSWORD=c&token=d&sslmode=require"),
+            "postgres://db/s?sslpassword=***&Password=***&PASSWORD=***&token=***&sslmode=require"
+        );
+        assert_eq!(redact("postgres://u:p@db?x=1"), "postgres://u:***@db?x=1");
     }
 
     #[test]

@@ -29,8 +29,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
         None => Security::load(&cli.serve.security)?,
         Some(_) => Security::default(),
     };
-    let store = Store::connect(&cli.database_url, &cli.pool_settings()).await?;
-    let database = config::redact(&cli.database_url);
+    let (url, pool) = (&cli.database_url, &cli.pool_settings());
+    let store = match cli.command {
+        None => Store::connect(url, pool).await?,
+        Some(_) => Store::connect_existing(url, pool).await?,
+    };
+    let database = config::redact(url);
     match cli.command {
         Some(Command::Migrate) => {
             let applied = store.migrate().await?;
@@ -59,6 +63,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
             }
         }
         None => {
+            // Before migrating: a second server on a SQLite file stops here, untouched.
+            let _claim = store.claim_for_serving().await?;
             for migration in store.migrate().await? {
                 tracing::info!(
                     version = migration.version,

@@ -24,20 +24,19 @@ mod enrollments;
 mod errors;
 mod group_commit;
 mod migrate;
+mod postgres;
+mod sqlite;
 mod students;
 mod verify;
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use sqlx::{
-    PgPool, SqlitePool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::{PgPool, SqlitePool};
 
 pub use checkpoint::Checkpointer;
 pub use group_commit::Assigner;
 pub use migrate::Applied;
+pub use sqlite::{ClaimError, Location, ServingClaim};
 
 use crate::error::Resource;
 pub use verify::Violation;
@@ -61,8 +60,11 @@ pub enum Store {
         writer: SqlitePool,
         /// AssignCourse calls, committed in groups on `writer` (see `group_commit`).
         assigner: Assigner,
-        /// Checkpoints the WAL in the background (see `checkpoint`).
-        checkpointer: Arc<Checkpointer>,
+        /// Checkpoints the WAL in the background (see `checkpoint`); none for `migrate` and
+        /// `verify`, which leave that to the server, or in memory, where there is no WAL.
+        checkpointer: Option<Arc<Checkpointer>>,
+        /// The file, or memory (see `sqlite`).
+        location: sqlite::Location,
     },
     Postgres(PgPool),
 }
@@ -93,30 +95,99 @@ pub(crate) use {with_reader, with_writer};
 pub enum ConnectError {
     #[error("unsupported database URL {0:?}: expected sqlite:PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error(
+        "the SQLite database {0} does not exist: check the path (the server creates the file at \
+         its first start; migrate and verify do only when the URL ends in ?mode=rwc)"
+    )]
+    Missing(PathBuf),
     #[error("cannot open the database: {0}")]
     Open(#[from] sqlx::Error),
 }
 
+/// Who opens the database, which decides what may happen to a SQLite file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opener {
+    /// The server: creates the file at its first start, checkpoints the WAL.
+    Server,
+    /// `migrate` and `verify`: the file must exist; the server beside them checkpoints.
+    Maintenance,
+}
+
 impl Store {
-    /// Opens a pool for `url` (`sqlite:PATH`, created if missing, or `postgres://...`). Does not
-    /// apply migrations: see [`Store::migrate`].
+    /// Opens the server's pool for `url` (`sqlite:PATH`, created if missing, `sqlite::memory:`,
+    /// or `postgres://...`). Does not apply migrations ([`Store::migrate`]) or claim the
+    /// database ([`Store::claim_for_serving`]).
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Store, ConnectError> {
+        Store::open(url, settings, Opener::Server).await
+    }
+
+    /// Like [`Store::connect`] for `migrate` and `verify`: a SQLite file that does not exist is
+    /// an error, never created.
+    pub async fn connect_existing(
+        url: &str,
+        settings: &PoolSettings,
+    ) -> Result<Store, ConnectError> {
+        Store::open(url, settings, Opener::Maintenance).await
+    }
+
+    async fn open(
+        url: &str,
+        settings: &PoolSettings,
+        opener: Opener,
+    ) -> Result<Store, ConnectError> {
         if url.starts_with("sqlite:") {
-            let writer = open_sqlite(url, 1, settings.acquire_timeout).await?;
-            let readers =
-                open_sqlite(url, settings.max_connections, settings.acquire_timeout).await?;
-            let checkpointer = Arc::new(Checkpointer::start(readers.clone()));
-            let assigner = Assigner::start(writer.clone(), settings.acquire_timeout);
-            Ok(Store::Sqlite {
-                readers,
-                writer,
-                assigner,
-                checkpointer,
-            })
+            Store::open_sqlite(url, settings, opener).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(open_postgres(url, settings).await?))
+            Ok(Store::Postgres(postgres::open(url, settings).await?))
         } else {
             Err(ConnectError::UnsupportedUrl(crate::config::redact(url)))
+        }
+    }
+
+    async fn open_sqlite(
+        url: &str,
+        settings: &PoolSettings,
+        opener: Opener,
+    ) -> Result<Store, ConnectError> {
+        let (options, location) = sqlite::options(url)?;
+        let timeout = settings.acquire_timeout;
+        let (readers, writer) = match &location {
+            sqlite::Location::Memory => {
+                let pool = sqlite::open_in_memory(options, timeout).await?;
+                (pool.clone(), pool)
+            }
+            sqlite::Location::File(_) => {
+                let create = opener == Opener::Server || sqlite::asks_to_create(url);
+                if !create {
+                    sqlite::require_existing(&location)?;
+                }
+                let writer = sqlite::open(options.clone(), create, 1, timeout).await?;
+                let readers =
+                    sqlite::open(options, false, settings.max_connections, timeout).await?;
+                (readers, writer)
+            }
+        };
+        let checkpointer = (opener == Opener::Server
+            && matches!(location, sqlite::Location::File(_)))
+        .then(|| Arc::new(Checkpointer::start(readers.clone())));
+        Ok(Store::Sqlite {
+            assigner: Assigner::start(writer.clone(), timeout),
+            readers,
+            writer,
+            checkpointer,
+            location,
+        })
+    }
+
+    /// Makes sure this server may serve the database: on a SQLite file, takes the exclusive
+    /// lock that keeps a second server off it and checks that the file can be written. Hold the
+    /// claim while serving.
+    pub async fn claim_for_serving(&self) -> Result<ServingClaim, ClaimError> {
+        match self {
+            Store::Sqlite {
+                writer, location, ..
+            } => sqlite::claim(location, writer).await,
+            Store::Postgres(_) => Ok(ServingClaim::none()),
         }
     }
 
@@ -171,52 +242,4 @@ impl Store {
 /// statements are fetched whole).
 fn first_row<T>(rows: Vec<T>) -> Option<T> {
     rows.into_iter().next()
-}
-
-async fn open_sqlite(
-    url: &str,
-    max_connections: u32,
-    acquire_timeout: Duration,
-) -> Result<SqlitePool, sqlx::Error> {
-    let options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .foreign_keys(true)
-        // WAL lets readers run while one writer writes; NORMAL sync is durable across process
-        // crashes in WAL mode (only an OS crash or power loss can lose the last commits).
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        // Our writes queue for the one writer connection; this covers other processes (a
-        // `verify` or `migrate` run beside the server). Every write is a single statement, so
-        // waiting can never deadlock.
-        .busy_timeout(Duration::from_secs(5))
-        // Checkpoints run in the background (see `checkpoint`); this is the backstop.
-        .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES);
-    SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(acquire_timeout)
-        // A file database does not drop connections; checking each one costs a query per call.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await
-}
-
-async fn open_postgres(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let mut options = PgConnectOptions::from_str(url)?.application_name("student-service");
-    // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
-    // every start) would be logged as INFO lines; warnings still come through. A
-    // `client_min_messages` in the URL's `options` wins.
-    if options
-        .get_options()
-        .is_none_or(|set| !set.contains("client_min_messages"))
-    {
-        options = options.options([("client_min_messages", "warning")]);
-    }
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        // A broken connection fails its query with an I/O error (UNAVAILABLE to that caller) and
-        // is then discarded; pinging before every query would double the round trips.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await
 }

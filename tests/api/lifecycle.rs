@@ -179,10 +179,12 @@ fn binary(args: &[&str]) -> (bool, String) {
         .env_remove("DATABASE_URL")
         .output()
         .expect("run student-service");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
 }
 
 #[tokio::test]
@@ -190,7 +192,10 @@ async fn the_migrate_and_verify_commands_report_what_they_did() {
     let database = TestDatabase::create(&Backend::Sqlite).await;
     let url = database.url.as_str();
 
-    let (ok, first) = binary(&["migrate", "--database-url", url]);
+    let (ok, missing) = binary(&["migrate", "--database-url", url]);
+    assert!(!ok && missing.contains("does not exist"), "{missing}");
+    let create = format!("{url}?mode=rwc");
+    let (ok, first) = binary(&["migrate", "--database-url", &create]);
     assert!(ok && first.contains("applied 1 schema"), "{first}");
     let (ok, second) = binary(&["migrate", "--database-url", url]);
     assert!(ok && second.contains("up to date"), "{second}");

@@ -13,5 +13,6 @@ mod races;
 mod reliability;
 mod resilience;
 mod security;
+mod startup;
 mod students;
 mod unicode;

@@ -1,0 +1,212 @@
+//! What the binary does with the database it is given, before serving: the real executable in a
+//! process of its own, its output read as an operator reads it.
+
+use std::time::Duration;
+
+use student_service::api::pb;
+use tokio::process::Command;
+
+use crate::{
+    helpers::{Backend, TestDatabase},
+    process::ServerProcess,
+};
+
+/// Runs `student-service ARGS` to its end; returns whether it succeeded and all it printed.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("student-service exits by itself")
+        .expect("run student-service");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Starts a server on `url` and stops it, so the database exists with its tables.
+async fn create_database(url: &str) {
+    let server = ServerProcess::start(url, &[]).await;
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_file_refuses_to_start_and_maintenance_still_works() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let url = database.url.as_str();
+    let first = ServerProcess::start(url, &[]).await;
+
+    let (started, output) = run(
+        &[],
+        &[("DATABASE_URL", url), ("LISTEN_ADDR", "127.0.0.1:0")],
+    )
+    .await;
+
+    assert!(!started, "a second server started: {output}");
+    let file = url.trim_start_matches("sqlite:");
+    assert!(
+        output.contains(&format!("the SQLite database {file} is already served"))
+            && output.contains("run replicas on PostgreSQL"),
+        "{output}"
+    );
+    for command in ["migrate", "verify"] {
+        let (ok, output) = run(&[command, "--database-url", url], &[]).await;
+        assert!(ok, "{command} beside a running server failed: {output}");
+    }
+    let (mut students, _) = first.clients().await;
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    students
+        .create_student(request)
+        .await
+        .expect("the first server still serves");
+    first.terminate();
+    assert!(first.wait(Duration::from_secs(10)).await.success());
+    // The lock goes with its process: the file serves again.
+    let again = ServerProcess::start(url, &[]).await;
+    again.terminate();
+    assert!(again.wait(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_sqlite_database_refuses_to_serve_but_verifies() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    create_database(&database.url).await;
+    let read_only = format!("{}?mode=ro", database.url);
+
+    let env = [
+        ("DATABASE_URL", read_only.as_str()),
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    let (started, output) = run(&[], &env).await;
+
+    assert!(
+        !started,
+        "the server started on a read-only database: {output}"
+    );
+    assert!(output.contains("is read-only"), "{output}");
+    assert!(!output.contains("WAL checkpoint failed"), "{output}");
+    let (verified, output) = run(&["verify", "--database-url", &read_only], &[]).await;
+    assert!(verified, "verify of a read-only database failed: {output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_verify_refuse_a_sqlite_file_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("mistyped.db");
+    let url = format!("sqlite:{}", path.display());
+
+    for command in ["verify", "migrate"] {
+        let (ok, output) = run(&[command, "--database-url", &url], &[]).await;
+
+        assert!(!ok, "{command} succeeded on a missing file: {output}");
+        assert!(
+            output.contains(&format!(
+                "the SQLite database {} does not exist",
+                path.display()
+            )),
+            "{output}"
+        );
+        assert!(!output.contains("no such table"), "{output}");
+        assert!(!path.exists(), "{command} created {}", path.display());
+    }
+    let (created, output) = run(
+        &["migrate", "--database-url", &format!("{url}?mode=rwc")],
+        &[],
+    )
+    .await;
+    assert!(
+        created && path.exists(),
+        "migrate asked to create failed: {output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_in_memory_is_one_database_for_the_whole_server() {
+    let server = ServerProcess::start("sqlite::memory:", &[]).await;
+    let (mut students, mut courses) = server.clients().await;
+
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    let ada = students
+        .create_student(request)
+        .await
+        .expect("create")
+        .into_inner();
+    let request = pb::CreateCourseRequest {
+        code: "CS-1".into(),
+        title: "Engines".into(),
+        capacity: 1,
+    };
+    let course = courses
+        .create_course(request)
+        .await
+        .expect("create")
+        .into_inner();
+    let request = pb::AssignCourseRequest {
+        student_id: ada.id,
+        course_id: course.id,
+    };
+    students.assign_course(request).await.expect("assign");
+
+    let read = students
+        .get_student(pb::GetStudentRequest { student_id: ada.id })
+        .await
+        .expect("the reader sees what the writer wrote")
+        .into_inner();
+    assert_eq!(read, ada);
+    let request = pb::ListCoursesRequest {
+        student_id: ada.id,
+        ..Default::default()
+    };
+    let listed = students
+        .list_courses(request)
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.courses.len(), 1);
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_url_parameters_never_reach_any_output() {
+    let Some(postgres) = Backend::postgres() else {
+        return;
+    };
+    let database = TestDatabase::create(&postgres).await;
+    let url = format!("{}?sslpassword=hunter2&Password=hunter3", database.url);
+    // A port already taken: the server connects, migrates and logs, then fails to bind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+
+    let serve = [
+        ("DATABASE_URL", url.as_str()),
+        ("LISTEN_ADDR", address.as_str()),
+    ];
+    for (args, env) in [
+        (&["migrate", "--database-url", &url][..], &[][..]),
+        (&["verify", "--database-url", &url][..], &[][..]),
+        (&[][..], &serve[..]),
+    ] {
+        let (_, output) = run(args, env).await;
+
+        assert!(!output.contains("hunter"), "a secret was printed: {output}");
+        assert!(
+            output.contains("sslpassword"),
+            "the parameter is named: {output}"
+        );
+    }
+}
