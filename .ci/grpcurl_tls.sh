@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# grpcurl against the real binary with TLS, mutual TLS and tokens all on, the way README.md's
+# grpcurl against the real binary with TLS, mutual TLS and tokens all on, the way docs/security.md's
 # "Security" section tells operators to run it. The certificates come from the openssl CLI and the
 # client is grpcurl (Go's TLS), so this also checks that what the Rust tests prove with rcgen and
 # rustls on both ends holds with other tools.

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Runs every grpcurl example of README.md against a live server and checks its output.
+"""Runs every grpcurl example of README.md and docs/*.md against a live server and checks its
+output.
 
 Each ```console block whose first line is `$ grpcurl ...` is one example: the command, then the
-exact output expected (stdout and stderr). Examples run in README order on one fresh database, so
-they may build on each other. Timestamps are the only thing normalised before comparing.
+exact output expected (stdout and stderr). Examples run on one fresh database in DOCUMENTS order
+(README.md first, whose tour docs/api.md continues, then the other files of docs/ by name), each
+file top to bottom, so they may build on each other. Timestamps are the only thing normalised
+before comparing.
 
 usage: readme_examples.py BINARY DATABASE_URL [--write]
 
---write replaces each example's expected output in README.md with what grpcurl printed (for
-when the API changes on purpose); review the diff before committing it.
+--write replaces each example's expected output in its file with what grpcurl printed (for when
+the API changes on purpose); review the diff before committing it.
 """
 
+import glob
 import os
 import re
 import socket
@@ -23,6 +27,14 @@ TIMESTAMP = re.compile(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"')
 
 
 BLOCK = re.compile(r"```console\n(\$ grpcurl.*?)```", flags=re.S)
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def documents():
+    """README.md, docs/api.md, then the rest of docs/ by name."""
+    first = ["README.md", "docs/api.md"]
+    rest = sorted(os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    return first + [path for path in rest if path not in first]
 
 
 def parse(block):
@@ -65,8 +77,6 @@ def wait_until_serving(address, server):
 
 def main():
     binary, database_url = sys.argv[1], sys.argv[2]
-    readme_path = os.path.join(os.path.dirname(__file__), "..", "README.md")
-    readme = open(readme_path).read()
     write = "--write" in sys.argv
     address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, DATABASE_URL=database_url, LISTEN_ADDR=address, RUST_LOG="warn")
@@ -74,27 +84,31 @@ def main():
     passed = failed = 0
     try:
         wait_until_serving(address, server)
-        def check(match):
-            nonlocal passed, failed
-            command, shown, expected = parse(match.group(1))
-            run = subprocess.run(command.replace(ADDRESS_IN_README, address), shell=True,
-                                 capture_output=True, text=True, timeout=30)
-            actual = run.stdout + run.stderr
-            if normalise(actual) == normalise(expected):
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH: {command}\n--- README says\n{expected}\n--- grpcurl said\n{actual}")
-            return f"```console\n{shown}\n{tidy(actual)}\n```"
+        for document in documents():
+            path = os.path.join(ROOT, document)
 
-        updated = BLOCK.sub(check, readme)
-        if write:
-            open(readme_path, "w").write(updated)
+            def check(match):
+                nonlocal passed, failed
+                command, shown, expected = parse(match.group(1))
+                run = subprocess.run(command.replace(ADDRESS_IN_README, address), shell=True,
+                                     capture_output=True, text=True, timeout=30)
+                actual = run.stdout + run.stderr
+                if normalise(actual) == normalise(expected):
+                    passed += 1
+                else:
+                    failed += 1
+                    print(f"MISMATCH in {document}: {command}\n--- {document} says\n{expected}"
+                          f"\n--- grpcurl said\n{actual}")
+                return f"```console\n{shown}\n{tidy(actual)}\n```"
+
+            updated = BLOCK.sub(check, open(path).read())
+            if write:
+                open(path, "w").write(updated)
     finally:
         server.terminate()
         server.wait(timeout=15)
     if passed == 0:
-        sys.exit("no grpcurl examples found in README.md")
+        sys.exit("no grpcurl examples found in README.md or docs/")
     print(f"readme-examples: {passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 

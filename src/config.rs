@@ -86,8 +86,8 @@ pub struct ServeArgs {
     pub security: SecurityArgs,
 }
 
-/// TLS, mutual TLS and token authentication: each off unless its flag is given (README,
-/// "Security"). Loaded and checked by `security::Security::load`.
+/// TLS, mutual TLS and token authentication: each off unless its flag is given (docs/security.md).
+/// Loaded and checked by `security::Security::load`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SecurityArgs {
     /// PEM certificate chain (server certificate first) to serve TLS with; plaintext connections
