@@ -1,7 +1,8 @@
 //! Compiles `proto/` without a system `protoc` (protox is a pure-Rust compiler) and writes the
-//! encoded descriptor set to OUT_DIR so the server can offer reflection.
+//! encoded descriptor set to OUT_DIR so the server can offer reflection. Also names the build
+//! for `--version`: the package version, and the git commit when built from a checkout.
 
-use std::{env, fs, path::PathBuf};
+use std::{env, fs, path::PathBuf, process::Command};
 
 const PROTOS: &[&str] = &[
     "school/v1/resources.proto",
@@ -12,6 +13,7 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rustc-env=STUDENT_SERVICE_VERSION={}", version());
 
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -21,4 +23,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
+}
+
+/// `0.1.0 (commit 1a2b3c4)` in a git checkout, `0.1.0` elsewhere (a source tarball, no git).
+fn version() -> String {
+    let package = env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let git = |args: &[&str]| {
+        let output = Command::new("git").args(args).output().ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        output.status.success().then(|| text.trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return package;
+    };
+    // Rebuild the name when HEAD moves: the file HEAD, and the branch file it points to.
+    // (A path that does not exist, such as a packed branch, would rerun this at every build.)
+    let watch = |path: Option<String>| {
+        if let Some(path) = path.filter(|path| std::path::Path::new(path).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    };
+    watch(git(&["rev-parse", "--git-path", "HEAD"]));
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch(git(&["rev-parse", "--git-path", &branch]));
+    }
+    format!("{package} (commit {commit})")
 }

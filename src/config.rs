@@ -8,12 +8,13 @@ use crate::store::PoolSettings;
 
 /// gRPC service that enrolls students in courses (school.v1), over SQLite or PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "student-service", version, about)]
+#[command(name = "student-service", version = env!("STUDENT_SERVICE_VERSION"), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Database: `sqlite:PATH` (created if missing) or `postgres://USER@HOST:PORT/DB`.
+    /// Database: `sqlite:PATH` (the server creates the file if missing), `sqlite::memory:` or
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -28,17 +29,18 @@ pub struct Cli {
         long,
         env = "DATABASE_MAX_CONNECTIONS",
         default_value_t = 8,
-        global = true
+        global = true,
+        hide_env_values = true
     )]
     pub database_max_connections: u32,
 
     /// How long a call waits for a free database connection before it fails with UNAVAILABLE
     /// (e.g. `500ms`, `3s`).
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true, hide_env_values = true)]
     pub database_acquire_timeout: Duration,
 
     /// Log format: human-readable `text` or one JSON object per line. Levels come from RUST_LOG.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, hide_env_values = true)]
     pub log_format: LogFormat,
 
     #[command(flatten)]
@@ -57,29 +59,34 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long = "listen",
+        env = "LISTEN_ADDR",
+        default_value = "0.0.0.0:50051",
+        hide_env_values = true
+    )]
     pub listen: SocketAddr,
 
     /// How often the health probe checks the database.
-    #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration, hide_env_values = true)]
     pub health_interval: Duration,
 
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits.
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
     pub drain_timeout: Duration,
 
     /// The longest any call may run before it fails with DEADLINE_EXCEEDED; a client's shorter
     /// deadline (grpc-timeout) wins.
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, hide_env_values = true)]
     pub request_timeout: Duration,
 
     /// Calls served at once across all connections; one more fails at once with
     /// RESOURCE_EXHAUSTED. Health checks are not counted.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_in_flight: u32,
 
     /// HTTP/2 streams (calls) one connection may have open at once; clients queue the rest.
-    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_concurrent_streams: u32,
 
     #[command(flatten)]
@@ -91,29 +98,29 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SecurityArgs {
     /// PEM certificate chain (server certificate first) to serve TLS with; plaintext connections
-    /// are then refused. Needs --tls-key.
-    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    /// are then refused. Needs --tls-key. Off by default: plaintext.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key", hide_env_values = true)]
     pub tls_cert: Option<PathBuf>,
 
-    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Off by default.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert", hide_env_values = true)]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificate(s) for mutual TLS: clients must present a certificate signed by one of
-    /// them. Needs --tls-cert and --tls-key.
-    #[arg(long, env = "TLS_CLIENT_CA", requires_all = ["tls_cert", "tls_key"])]
+    /// them. Needs --tls-cert and --tls-key. Off by default: any client may connect.
+    #[arg(long, env = "TLS_CLIENT_CA", requires_all = ["tls_cert", "tls_key"], hide_env_values = true)]
     pub tls_client_ca: Option<PathBuf>,
 
     /// File of `NAME TOKEN` lines: calls to school.v1 must then carry `authorization: Bearer
-    /// TOKEN`, and the log names the caller NAME. Health stays open.
-    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    /// TOKEN`, and the log names the caller NAME. Health stays open. Off by default: no tokens.
+    #[arg(long, env = "AUTH_TOKENS_FILE", hide_env_values = true)]
     pub auth_tokens_file: Option<PathBuf>,
 
-    /// Require a token for reflection too (by default it stays open for discovery). Needs
-    /// --auth-tokens-file.
+    /// Require a token for reflection too. Needs --auth-tokens-file. Off by default: reflection
+    /// stays open for discovery.
     // Checked by `Security::load` rather than clap's `requires`, which would also fire on
     // AUTH_REFLECTION=false.
-    #[arg(long, env = "AUTH_REFLECTION", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "AUTH_REFLECTION", value_parser = clap::builder::BoolishValueParser::new(), hide_env_values = true)]
     pub auth_reflection: bool,
 }
 
@@ -152,78 +159,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The URL with every secret replaced by `***`, fit for logs, output and error messages: the
-/// password of `user:password@`, and the value of every query parameter whose name, in any case,
-/// looks secret (`password`, `Password`, `sslpassword`, `token`, ...).
-pub fn redact(url: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut redacted = base.to_owned();
-    // postgres://user:password@host/db
-    if let Some(scheme_end) = base.find("://") {
-        let rest = &base[scheme_end + 3..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@')
-            && let Some(colon) = rest[..at].find(':')
-        {
-            let start = scheme_end + 3 + colon + 1;
-            redacted.replace_range(start..scheme_end + 3 + at, "***");
-        }
-    }
-    if url.contains('?') {
-        let parameters: Vec<String> = query
-            .split('&')
-            .map(|parameter| match parameter.split_once('=') {
-                Some((key, _)) if looks_secret(key) => format!("{key}=***"),
-                _ => parameter.to_owned(),
-            })
-            .collect();
-        redacted.push('?');
-        redacted.push_str(&parameters.join("&"));
-    }
-    redacted
-}
-
-/// Parameter names that carry credentials, in any case and with any prefix (`sslpassword`).
-fn looks_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "credential",
-        "auth",
-        "apikey",
-        "api_key",
-    ]
-    .iter()
-    .any(|marker| key.contains(marker))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://app:s3cr@t@db:5432/school"),
-            "postgres://app:***@db:5432/school"
-        );
-        assert_eq!(
-            redact("postgres://db/school?user=app&password=s3cret&sslmode=require"),
-            "postgres://db/school?user=app&password=***&sslmode=require"
-        );
-        assert_eq!(
-            redact("sqlite:student-service.db"),
-            "sqlite:student-service.db"
-        );
-        assert_eq!(
-            redact("postgres://db/s?sslpassword=a&Password=b&PASSWORD=c&token=d&sslmode=require"),
-            "postgres://db/s?sslpassword=***&Password=***&PASSWORD=***&token=***&sslmode=require"
-        );
-        assert_eq!(redact("postgres://u:p@db?x=1"), "postgres://u:***@db?x=1");
-    }
 
     #[test]
     fn durations_parse() {

@@ -2,10 +2,10 @@ use std::{error::Error, process::ExitCode};
 
 use clap::Parser;
 use student_service::{
-    config::{self, Cli, Command},
+    config::{Cli, Command},
     security::Security,
     server::{self, ServerSettings},
-    store::Store,
+    store::{self, Store},
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -34,7 +34,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
         None => Store::connect(url, pool).await?,
         Some(_) => Store::connect_existing(url, pool).await?,
     };
-    let database = config::redact(url);
+    let database = store::redact(url);
     match cli.command {
         Some(Command::Migrate) => {
             let applied = store.migrate().await?;

@@ -25,6 +25,7 @@ mod errors;
 mod group_commit;
 mod migrate;
 mod postgres;
+mod redact;
 mod sqlite;
 mod students;
 mod verify;
@@ -36,6 +37,7 @@ use sqlx::{PgPool, SqlitePool};
 pub use checkpoint::Checkpointer;
 pub use group_commit::Assigner;
 pub use migrate::Applied;
+pub use redact::redact;
 pub use sqlite::{ClaimError, Location, ServingClaim};
 
 use crate::error::Resource;
@@ -140,7 +142,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(postgres::open(url, settings).await?))
         } else {
-            Err(ConnectError::UnsupportedUrl(crate::config::redact(url)))
+            Err(ConnectError::UnsupportedUrl(redact(url)))
         }
     }
 

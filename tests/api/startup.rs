@@ -210,3 +210,27 @@ async fn secret_url_parameters_never_reach_any_output() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_pipe_carry_no_colour_codes() {
+    let (_, output) = run(
+        &["verify", "--database-url", "sqlite:/nonexistent/x.db"],
+        &[],
+    )
+    .await;
+
+    assert!(output.contains("ERROR"), "{output}");
+    assert!(
+        !output.contains('\u{1b}'),
+        "escape codes in piped logs: {output:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_names_the_package_version() {
+    let (ok, output) = run(&["--version"], &[]).await;
+
+    assert!(ok, "{output}");
+    let expected = concat!("student-service ", env!("CARGO_PKG_VERSION"));
+    assert!(output.starts_with(expected), "{output}");
+}
