@@ -13,7 +13,17 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=migrations");
-    println!("cargo:rustc-env=STUDENT_SERVICE_VERSION={}", version());
+    let commit = commit();
+    let package = env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let version = match &commit {
+        Some(commit) => format!("{package} (commit {commit})"),
+        None => package,
+    };
+    println!("cargo:rustc-env=STUDENT_SERVICE_VERSION={version}");
+    println!(
+        "cargo:rustc-env=STUDENT_SERVICE_COMMIT={}",
+        commit.unwrap_or_default()
+    );
 
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -25,17 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `0.1.0 (commit 1a2b3c4)` in a git checkout, `0.1.0` elsewhere (a source tarball, no git).
-fn version() -> String {
-    let package = env::var("CARGO_PKG_VERSION").unwrap_or_default();
+/// The commit of a git checkout; none elsewhere (a source tarball, no git).
+fn commit() -> Option<String> {
     let git = |args: &[&str]| {
         let output = Command::new("git").args(args).output().ok()?;
         let text = String::from_utf8(output.stdout).ok()?;
         output.status.success().then(|| text.trim().to_owned())
     };
-    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
-        return package;
-    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
     // Rebuild the name when HEAD moves: the file HEAD, and the branch file it points to.
     // (A path that does not exist, such as a packed branch, would rerun this at every build.)
     let watch = |path: Option<String>| {
@@ -47,5 +54,5 @@ fn version() -> String {
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watch(git(&["rev-parse", "--git-path", &branch]));
     }
-    format!("{package} (commit {commit})")
+    Some(commit)
 }

@@ -85,6 +85,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_in_flight: u32,
 
+    /// Serve Prometheus metrics (text format 0.0.4) at `GET /metrics` over plain HTTP/1.1 on this
+    /// address, a listener of its own (e.g. `0.0.0.0:9090`). Off by default: no metrics.
+    #[arg(long, env = "METRICS_LISTEN", hide_env_values = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// HTTP/2 streams (calls) one connection may have open at once; clients queue the rest.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_concurrent_streams: u32,

@@ -1,4 +1,4 @@
-use std::{error::Error, process::ExitCode};
+use std::{error::Error, net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use student_service::{
@@ -72,6 +72,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                     "migration applied"
                 );
             }
+            if let Some(address) = cli.serve.metrics_listen {
+                serve_metrics(address, store.clone()).await?;
+            }
             let listener = TcpListener::bind(cli.serve.listen).await?;
             let args = &cli.serve.security;
             let transport = match (&args.tls_cert, &args.tls_client_ca) {
@@ -105,6 +108,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Installs the metrics recorder and serves `/metrics` on `address` for as long as the process
+/// runs; the pool gauges are read at each scrape.
+async fn serve_metrics(address: SocketAddr, store: Store) -> Result<(), Box<dyn Error>> {
+    let handle =
+        telemetry::metrics::install(env!("CARGO_PKG_VERSION"), env!("STUDENT_SERVICE_COMMIT"))?;
+    let listener = telemetry::metrics::bind(address).await?;
+    tracing::info!(address = %listener.local_addr()?, "metrics at GET /metrics");
+    tokio::spawn(telemetry::metrics::serve(listener, handle, move || {
+        store.record_pool_gauges();
+    }));
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).

@@ -18,7 +18,7 @@ use crate::{
         CourseApi, StudentApi,
         end_streams::EndOnShutdown,
         limits::CallLimitsLayer,
-        logging::RpcLogLayer,
+        observe::ObserveLayer,
         pb::{
             self, course_service_server::CourseServiceServer,
             student_service_server::StudentServiceServer,
@@ -135,8 +135,8 @@ pub async fn serve(
         builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
     }
     let server = builder
-        // Outermost first: the log line sees the status the limits answer with.
-        .layer(RpcLogLayer)
+        // Outermost first: the log line and the metrics see the status the limits answer with.
+        .layer(ObserveLayer)
         .layer(CallLimitsLayer::new(
             settings.request_timeout,
             settings.max_in_flight,
@@ -190,8 +190,14 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    let serving = if status == ServingStatus::Serving {
+        1.0
+    } else {
+        0.0
+    };
     for name in HEALTH_NAMES {
         reporter.set_service_status(name, status).await;
+        metrics::gauge!("student_service_health_status", "service" => name).set(serving);
     }
 }
 

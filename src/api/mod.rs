@@ -4,11 +4,12 @@ mod convert;
 mod courses;
 pub mod end_streams;
 pub mod limits;
-pub mod logging;
+pub mod observe;
+mod rpc;
 mod status;
 mod students;
 
-/// The boxed future our tower layers (`end_streams`, `limits`, `logging`) answer with.
+/// The boxed future our tower layers (`end_streams`, `limits`, `observe`) answer with.
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
 pub use courses::CourseApi;

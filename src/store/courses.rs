@@ -25,7 +25,7 @@ const SELECT_PAGE_OF_STUDENT: &str = "SELECT c.id, c.code, c.title, c.capacity, 
 
 impl Store {
     pub async fn create_course(&self, course: &NewCourse, now: i64) -> Result<Course> {
-        let created = with_writer!(self, pool => sqlx::query_as(INSERT)
+        let created = with_writer!(self, "create_course", pool => sqlx::query_as(INSERT)
             .bind(&course.code)
             .bind(&course.title)
             .bind(&course.title_folded)
@@ -44,8 +44,7 @@ impl Store {
     }
 
     pub async fn get_course(&self, id: i64) -> Result<Course> {
-        let found: Option<Course> =
-            with_reader!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
+        let found: Option<Course> = with_reader!(self, "get_course", pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
         found.ok_or(Error::NotFound(Resource::Course, id))
     }
 
@@ -56,13 +55,13 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Vec<Course>> {
         let courses = if query.is_everything() {
-            with_reader!(self, pool => sqlx::query_as(SELECT_PAGE)
+            with_reader!(self, "search_courses", pool => sqlx::query_as(SELECT_PAGE)
                 .bind(page.after)
                 .bind(page.fetch_limit())
                 .fetch_all(pool)
                 .await)
         } else {
-            with_reader!(self, pool => sqlx::query_as(SEARCH_PAGE)
+            with_reader!(self, "search_courses", pool => sqlx::query_as(SEARCH_PAGE)
                 .bind(page.after)
                 .bind(&query.code_prefix)
                 .bind(&query.title_contains)
@@ -89,7 +88,7 @@ impl Store {
         student_id: i64,
         page: &PageRequest,
     ) -> Result<Vec<Course>> {
-        let courses: Vec<Course> = with_reader!(self, pool => sqlx::query_as(SELECT_PAGE_OF_STUDENT)
+        let courses: Vec<Course> = with_reader!(self, "list_courses", pool => sqlx::query_as(SELECT_PAGE_OF_STUDENT)
             .bind(student_id)
             .bind(page.after)
             .bind(page.fetch_limit())

@@ -3,7 +3,7 @@ use sqlx::PgPool;
 use super::{
     Store,
     errors::{is_course_full, is_foreign_key_violation},
-    first_row, with_writer,
+    first_row, observe, with_writer,
 };
 use crate::{
     domain::{Enrollment, StudentCourse},
@@ -67,9 +67,15 @@ impl Store {
             enroll_time,
         };
         match assigned {
-            Assigned::Created(enroll_time) => Ok((enrollment(enroll_time), true)),
+            Assigned::Created(enroll_time) => {
+                metrics::counter!("student_service_enrollments_created_total").increment(1);
+                Ok((enrollment(enroll_time), true))
+            }
             Assigned::Existing(enroll_time) => Ok((enrollment(enroll_time), false)),
-            Assigned::Full => Err(Error::CourseFull(pair.course_id)),
+            Assigned::Full => {
+                metrics::counter!("student_service_enrollments_refused_full_total").increment(1);
+                Err(Error::CourseFull(pair.course_id))
+            }
             Assigned::Missing => Err(self.missing(pair).await),
         }
     }
@@ -80,7 +86,7 @@ impl Store {
             Store::Sqlite { .. } => DELETE,
             Store::Postgres(_) => DELETE_AFTER_LOCKING_COURSE,
         };
-        let deleted = with_writer!(self, pool => sqlx::query(delete)
+        let deleted = with_writer!(self, "unassign_course", pool => sqlx::query(delete)
             .bind(pair.student_id)
             .bind(pair.course_id)
             .execute(pool)
@@ -113,26 +119,30 @@ impl Store {
 
 /// PostgreSQL runs many writers at once: each enrollment commits on its own.
 async fn assign_on_postgres(pool: &PgPool, pair: StudentCourse, now: i64) -> Result<Assigned> {
-    for _ in 0..ASSIGN_TRIES {
-        let inserted = sqlx::query_scalar(INSERT)
-            .bind(pair.student_id)
-            .bind(pair.course_id)
-            .bind(now)
-            .fetch_all(pool)
-            .await;
-        if let Some(assigned) = after_insert(inserted)? {
-            return Ok(assigned);
+    let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
+    observe::statement("assign_course", async {
+        for _ in 0..ASSIGN_TRIES {
+            let inserted = sqlx::query_scalar(INSERT)
+                .bind(pair.student_id)
+                .bind(pair.course_id)
+                .bind(now)
+                .fetch_all(&mut *connection)
+                .await;
+            if let Some(assigned) = after_insert(inserted)? {
+                return Ok(assigned);
+            }
+            let existing: Option<i64> = sqlx::query_scalar(SELECT)
+                .bind(pair.student_id)
+                .bind(pair.course_id)
+                .fetch_optional(&mut *connection)
+                .await?;
+            if let Some(enroll_time) = existing {
+                return Ok(Assigned::Existing(enroll_time));
+            }
         }
-        let existing: Option<i64> = sqlx::query_scalar(SELECT)
-            .bind(pair.student_id)
-            .bind(pair.course_id)
-            .fetch_optional(pool)
-            .await?;
-        if let Some(enroll_time) = existing {
-            return Ok(Assigned::Existing(enroll_time));
-        }
-    }
-    Err(Error::Conflict(
-        "the enrollment kept vanishing between insert and read".into(),
-    ))
+        Err(Error::Conflict(
+            "the enrollment kept vanishing between insert and read".into(),
+        ))
+    })
+    .await
 }

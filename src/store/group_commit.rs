@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     enrollments::{Assigned, INSERT, SELECT, after_insert},
     errors::shared,
+    observe,
 };
 use crate::{
     domain::StudentCourse,
@@ -113,7 +114,7 @@ impl Assigner {
 
 async fn commit_batches(writer: SqlitePool, mut waiting: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = waiting.recv().await {
-        let mut connection = match writer.acquire().await {
+        let mut connection = match observe::acquire(&writer, observe::SQLITE_WRITER).await {
             Ok(connection) => connection,
             Err(err) => {
                 // Closed or timed out: tell every waiting call now rather than at its timeout.
@@ -138,7 +139,9 @@ async fn commit_batches(writer: SqlitePool, mut waiting: mpsc::UnboundedReceiver
         if batch.is_empty() {
             continue;
         }
-        let outcomes = commit(&mut connection, &batch).await;
+        metrics::histogram!("student_service_sqlite_group_commit_batch_size")
+            .record(batch.len() as f64);
+        let outcomes = observe::statement("assign_course", commit(&mut connection, &batch)).await;
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             let _ = pending.reply.send(outcome);
         }

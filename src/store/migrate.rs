@@ -26,7 +26,7 @@ impl Store {
             Store::Sqlite { .. } => &SQLITE,
             Store::Postgres(_) => &POSTGRES,
         };
-        with_writer!(self, pool => migrator.run(pool).await)?;
+        with_writer!(self, "migrate", pool => migrator.run(pool).await)?;
         Ok(migrator
             .iter()
             .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
@@ -41,7 +41,7 @@ impl Store {
     async fn applied_versions(&self) -> HashSet<i64> {
         const SQL: &str = "SELECT version FROM _sqlx_migrations WHERE success";
         let versions: Result<Vec<i64>, _> =
-            with_reader!(self, pool => sqlx::query_scalar(SQL).fetch_all(pool).await);
+            with_reader!(self, "migrate", pool => sqlx::query_scalar(SQL).fetch_all(pool).await);
         versions.unwrap_or_default().into_iter().collect()
     }
 }

@@ -24,6 +24,7 @@ mod enrollments;
 mod errors;
 mod group_commit;
 mod migrate;
+mod observe;
 mod postgres;
 mod redact;
 mod sqlite;
@@ -71,27 +72,51 @@ pub enum Store {
     Postgres(PgPool),
 }
 
-/// Runs the same read-only expression against whichever pool the store reads from. The
-/// expression is compiled once per backend, so it must type-check against both.
+/// Runs the same read-only expression against a connection from whichever pool the store reads
+/// from, bound to `$pool`; the wait for the connection and the time of the expression are
+/// recorded (see `observe`), the latter under `$operation`. The expression is compiled once per
+/// backend, so it must type-check against both; it returns a `Result` whose error type converts
+/// from `sqlx::Error`.
 macro_rules! with_reader {
-    ($store:expr, $pool:ident => $body:expr) => {
+    ($store:expr, $operation:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite { readers: $pool, .. } => $body,
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite { readers, .. } => {
+                $crate::store::with_connection!(readers, SQLITE_READERS, $operation, $pool => $body)
+            }
+            $crate::store::Store::Postgres(pool) => {
+                $crate::store::with_connection!(pool, POSTGRES, $operation, $pool => $body)
+            }
         }
     };
 }
 
 /// Like `with_reader!`, for expressions that write.
 macro_rules! with_writer {
-    ($store:expr, $pool:ident => $body:expr) => {
+    ($store:expr, $operation:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite { writer: $pool, .. } => $body,
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite { writer, .. } => {
+                $crate::store::with_connection!(writer, SQLITE_WRITER, $operation, $pool => $body)
+            }
+            $crate::store::Store::Postgres(pool) => {
+                $crate::store::with_connection!(pool, POSTGRES, $operation, $pool => $body)
+            }
         }
     };
 }
-pub(crate) use {with_reader, with_writer};
+
+/// `$body` with a connection from `$from` bound to `$pool`, observed.
+macro_rules! with_connection {
+    ($from:expr, $name:ident, $operation:expr, $pool:ident => $body:expr) => {
+        match $crate::store::observe::acquire($from, $crate::store::observe::$name).await {
+            Ok(mut connection) => {
+                let $pool = &mut *connection;
+                $crate::store::observe::statement($operation, async { $body }).await
+            }
+            Err(err) => Err(err.into()),
+        }
+    };
+}
+pub(crate) use {with_connection, with_reader, with_writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -195,7 +220,7 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        with_reader!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+        with_reader!(self, "ping", pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
     }
 
     /// Waits for every connection to be returned, then closes them all.
@@ -219,7 +244,11 @@ impl Store {
         resource: Resource,
         id: i64,
     ) -> crate::error::Result<()> {
-        let deleted = with_writer!(self, pool => sqlx::query(delete)
+        let operation = match resource {
+            Resource::Student => "delete_student",
+            Resource::Course => "delete_course",
+        };
+        let deleted = with_writer!(self, operation, pool => sqlx::query(delete)
             .bind(id)
             .execute(pool)
             .await
@@ -232,7 +261,7 @@ impl Store {
 
     /// Whether `select` (`SELECT id ... WHERE id = $1`) finds a row.
     async fn id_exists(&self, select: &'static str, id: i64) -> crate::error::Result<bool> {
-        let found: Option<i64> = with_reader!(self, pool => sqlx::query_scalar(select)
+        let found: Option<i64> = with_reader!(self, "exists", pool => sqlx::query_scalar(select)
             .bind(id)
             .fetch_optional(pool)
             .await)?;

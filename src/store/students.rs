@@ -19,7 +19,7 @@ const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time
 
 impl Store {
     pub async fn create_student(&self, student: &NewStudent, now: i64) -> Result<Student> {
-        let created = with_writer!(self, pool => sqlx::query_as(INSERT)
+        let created = with_writer!(self, "create_student", pool => sqlx::query_as(INSERT)
             .bind(&student.name)
             .bind(&student.email)
             .bind(now)
@@ -36,18 +36,19 @@ impl Store {
     }
 
     pub async fn get_student(&self, id: i64) -> Result<Student> {
-        let found: Option<Student> =
-            with_reader!(self, pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
+        let found: Option<Student> = with_reader!(self, "get_student", pool => sqlx::query_as(SELECT).bind(id).fetch_optional(pool).await)?;
         found.ok_or(Error::NotFound(Resource::Student, id))
     }
 
     /// Up to `page.fetch_limit()` students after `page.after`, by id.
     pub async fn list_students(&self, page: &PageRequest) -> Result<Vec<Student>> {
-        Ok(with_reader!(self, pool => sqlx::query_as(SELECT_PAGE)
+        Ok(
+            with_reader!(self, "list_students", pool => sqlx::query_as(SELECT_PAGE)
             .bind(page.after)
             .bind(page.fetch_limit())
             .fetch_all(pool)
-            .await)?)
+            .await)?,
+        )
     }
 
     /// Deletes the student; the foreign keys cascade to their enrollments and the seat trigger
@@ -67,7 +68,7 @@ impl Store {
         course_id: i64,
         page: &PageRequest,
     ) -> Result<Vec<Student>> {
-        let students: Vec<Student> = with_reader!(self, pool => sqlx::query_as(SELECT_PAGE_IN_COURSE)
+        let students: Vec<Student> = with_reader!(self, "list_enrolled_students", pool => sqlx::query_as(SELECT_PAGE_IN_COURSE)
             .bind(course_id)
             .bind(page.after)
             .bind(page.fetch_limit())

@@ -69,8 +69,7 @@ impl Store {
         };
         let mut violations = Vec::new();
         for &(check, sql) in backend_checks.iter().chain(CHECKS) {
-            let details: Vec<String> =
-                with_reader!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await)?;
+            let details: Vec<String> = with_reader!(self, "verify", pool => sqlx::query_scalar(sql).fetch_all(pool).await)?;
             violations.extend(
                 details
                     .into_iter()

@@ -26,3 +26,6 @@ fn colour_wanted() -> bool {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     !no_color && std::io::stderr().is_terminal()
 }
+
+pub mod metrics;
+mod process;

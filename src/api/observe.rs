@@ -1,0 +1,214 @@
+//! The one per-call layer: it times each RPC once and feeds the log line (method, gRPC status
+//! code, latency, inside an `rpc` span that also holds whatever the handler logs) and the gRPC
+//! server metrics, named and labelled as go-grpc-middleware's Prometheus provider names them
+//! (`grpc_server_started_total`, `_handled_total`, `_msg_received_total`, `_msg_sent_total`,
+//! `_handling_seconds`), which existing dashboards and alert rules query.
+//!
+//! It is the outermost layer, so it sees every call: those the overload, deadline and
+//! authentication layers refuse and those tonic refuses before our code runs are handled too,
+//! with their code.
+//!
+//! The status of a successful unary call travels in the HTTP/2 trailers, after the body, so the
+//! call finishes when the trailers pass through; errors answered before any body carry their
+//! status in the headers. A call whose response is dropped unfinished (the client cancelled or
+//! its deadline passed) finishes as CANCELLED. Messages are counted from the gRPC framing of the
+//! bodies (a 5-byte prefix, then the message), as they pass.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use tonic::Code;
+use tower::{Layer, Service};
+use tracing::{Instrument, Span};
+
+use super::{
+    BoxFuture,
+    rpc::{Messages, Rpc},
+};
+
+/// Adds [`Observe`] to every service of the server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Observe<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let rpc = Rpc::of_path(request.uri().path());
+        rpc.started();
+        // `caller` is filled in by token authentication (security::RequireToken), when it is on.
+        let span = tracing::info_span!(
+            "rpc",
+            method = request.uri().path(),
+            caller = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let request = request.map(|body| {
+            tonic::body::Body::new(CountedBody {
+                inner: body,
+                messages: Messages::received(rpc),
+            })
+        });
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let (parts, body) = response.await?.into_parts();
+                let mut call = Call {
+                    rpc,
+                    span: Span::current(),
+                    started,
+                    finished: false,
+                };
+                if let Some(code) = grpc_status(&parts.headers) {
+                    call.finish(code);
+                }
+                let body = ObservedBody {
+                    inner: CountedBody {
+                        inner: body,
+                        messages: Messages::sent(rpc),
+                    },
+                    call,
+                };
+                Ok(http::Response::from_parts(parts, body))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    Some(Code::from_i32(value))
+}
+
+struct Call {
+    rpc: Rpc,
+    span: Span,
+    started: Instant,
+    finished: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: Code) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        self.rpc.handled(code, elapsed);
+        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.span
+            .in_scope(|| tracing::info!(?code, latency_us, "finished"));
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, watched for the trailers that carry the status.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: CountedBody<B>,
+        call: Call,
+    }
+}
+
+impl<B: Body<Data = bytes::Bytes>> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.call.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.call.finish(Code::Internal),
+            Poll::Ready(None) => this.call.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request or response body whose gRPC messages are counted as they pass.
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        messages: Messages,
+    }
+}
+
+impl<B: Body<Data = bytes::Bytes>> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            this.messages.count(data);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

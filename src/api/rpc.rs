@@ -1,0 +1,243 @@
+//! What the gRPC server metrics say about a call: which RPC it is, in labels that cannot carry
+//! request data, and the counts and times recorded for it.
+
+use std::time::Duration;
+
+use metrics::{counter, histogram};
+use tonic::Code;
+
+/// One RPC the server serves, or `unknown` for any other path: label values come from this
+/// table, never from the request, so a client cannot mint new series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Rpc {
+    pub(super) service: &'static str,
+    pub(super) method: &'static str,
+    /// `unary`, `server_stream`, `client_stream` or `bidi_stream`, as go-grpc-middleware says.
+    pub(super) kind: &'static str,
+}
+
+const UNARY: &str = "unary";
+const SERVER_STREAM: &str = "server_stream";
+const BIDI_STREAM: &str = "bidi_stream";
+
+/// (service, its methods with their kinds).
+const RPCS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "school.v1.StudentService",
+        &[
+            ("CreateStudent", UNARY),
+            ("GetStudent", UNARY),
+            ("ListStudents", UNARY),
+            ("DeleteStudent", UNARY),
+            ("AssignCourse", UNARY),
+            ("UnassignCourse", UNARY),
+            ("ListCourses", UNARY),
+        ],
+    ),
+    (
+        "school.v1.CourseService",
+        &[
+            ("CreateCourse", UNARY),
+            ("GetCourse", UNARY),
+            ("SearchCourses", UNARY),
+            ("DeleteCourse", UNARY),
+            ("ListEnrolledStudents", UNARY),
+        ],
+    ),
+    (
+        "grpc.health.v1.Health",
+        &[("Check", UNARY), ("Watch", SERVER_STREAM)],
+    ),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        &[("ServerReflectionInfo", BIDI_STREAM)],
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        &[("ServerReflectionInfo", BIDI_STREAM)],
+    ),
+];
+
+const UNKNOWN: &str = "unknown";
+
+impl Rpc {
+    /// The RPC of a request path `/package.Service/Method`.
+    pub(super) fn of_path(path: &str) -> Rpc {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let known = RPCS.iter().find(|(name, _)| *name == service);
+        let Some((service, methods)) = known else {
+            return Rpc {
+                service: UNKNOWN,
+                method: UNKNOWN,
+                kind: UNARY,
+            };
+        };
+        let (method, kind) = methods
+            .iter()
+            .find(|(name, _)| *name == method)
+            .copied()
+            .unwrap_or((UNKNOWN, UNARY));
+        Rpc {
+            service,
+            method,
+            kind,
+        }
+    }
+
+    pub(super) fn started(self) {
+        counter!("grpc_server_started_total", &self.labels()[..]).increment(1);
+    }
+
+    pub(super) fn handled(self, code: Code, elapsed: Duration) {
+        let mut labels = self.labels().to_vec();
+        labels.push(("grpc_code", code_name(code)));
+        counter!("grpc_server_handled_total", &labels[..]).increment(1);
+        histogram!("grpc_server_handling_seconds", &self.labels()[..])
+            .record(elapsed.as_secs_f64());
+    }
+
+    fn labels(self) -> [(&'static str, &'static str); 3] {
+        [
+            ("grpc_type", self.kind),
+            ("grpc_service", self.service),
+            ("grpc_method", self.method),
+        ]
+    }
+}
+
+/// A code as grpc-go spells it (`OK`, `Canceled`), which dashboards and alert rules match on;
+/// tonic's `Debug` spelling (`Ok`, `Cancelled`) differs.
+pub(super) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Counts the gRPC messages of one direction of a call from its body bytes: each message is a
+/// 5-byte prefix (a flag and a big-endian length) and then that many bytes, split across data
+/// frames however the peer likes.
+#[derive(Debug)]
+pub(super) struct Messages {
+    rpc: Rpc,
+    metric: &'static str,
+    /// Prefix bytes seen of the message being read (up to 5).
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come, once its prefix is complete.
+    remaining: u64,
+}
+
+impl Messages {
+    pub(super) fn received(rpc: Rpc) -> Messages {
+        Messages::new(rpc, "grpc_server_msg_received_total")
+    }
+
+    pub(super) fn sent(rpc: Rpc) -> Messages {
+        Messages::new(rpc, "grpc_server_msg_sent_total")
+    }
+
+    fn new(rpc: Rpc, metric: &'static str) -> Messages {
+        Messages {
+            rpc,
+            metric,
+            prefix: [0; 5],
+            prefix_len: 0,
+            remaining: 0,
+        }
+    }
+
+    /// Counts every message that `data` completes.
+    pub(super) fn count(&mut self, mut data: &[u8]) {
+        let mut complete = 0;
+        while !data.is_empty() {
+            if self.prefix_len < 5 {
+                let take = (5 - self.prefix_len).min(data.len());
+                self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+                self.prefix_len += take;
+                data = &data[take..];
+                if self.prefix_len == 5 {
+                    let [_, a, b, c, d] = self.prefix;
+                    self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
+                }
+            } else {
+                let take = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.remaining -= take as u64;
+                data = &data[take..];
+            }
+            if self.prefix_len == 5 && self.remaining == 0 {
+                complete += 1;
+                self.prefix_len = 0;
+            }
+        }
+        if complete > 0 {
+            counter!(self.metric, &self.rpc.labels()[..]).increment(complete);
+        }
+    }
+
+    #[cfg(test)]
+    fn reading(&self) -> bool {
+        self.prefix_len > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_a_bounded_set_of_labels() {
+        let rpc = Rpc::of_path("/school.v1.StudentService/AssignCourse");
+        assert_eq!(
+            (rpc.service, rpc.method, rpc.kind),
+            ("school.v1.StudentService", "AssignCourse", "unary")
+        );
+        assert_eq!(
+            Rpc::of_path("/grpc.health.v1.Health/Watch").kind,
+            "server_stream"
+        );
+        let made_up = Rpc::of_path("/school.v1.StudentService/ada@example.com");
+        assert_eq!(
+            (made_up.service, made_up.method),
+            ("school.v1.StudentService", "unknown")
+        );
+        let made_up = Rpc::of_path("/evil.Service/Method");
+        assert_eq!((made_up.service, made_up.method), ("unknown", "unknown"));
+    }
+
+    #[test]
+    fn messages_are_counted_across_any_split_of_the_frames() {
+        // Two messages (3 bytes, then empty), then half of a third.
+        let bytes = [0, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1];
+        for split in 0..bytes.len() {
+            let mut messages = Messages::received(Rpc::of_path("/x/y"));
+            let counted_before = messages.prefix_len;
+            messages.count(&bytes[..split]);
+            messages.count(&bytes[split..]);
+            assert!(
+                messages.reading(),
+                "split at {split}: the third is unfinished"
+            );
+            assert_eq!(counted_before, 0);
+            assert_eq!(messages.remaining, 8, "split at {split}");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What the store reports to the metrics recorder (a no-op unless the server serves metrics):
+//! the time each call waits for a connection, by pool; the time its statements take, by
+//! operation; and, at each scrape, how full each pool is.
+
+use std::time::Instant;
+
+use sqlx::{Database, Pool, pool::PoolConnection};
+
+use super::Store;
+
+pub(super) const POSTGRES: &str = "postgres";
+pub(super) const SQLITE_READERS: &str = "sqlite_readers";
+pub(super) const SQLITE_WRITER: &str = "sqlite_writer";
+
+/// A connection from `pool`, the wait recorded under `name`.
+pub(super) async fn acquire<DB: Database>(
+    pool: &Pool<DB>,
+    name: &'static str,
+) -> Result<PoolConnection<DB>, sqlx::Error> {
+    let started = Instant::now();
+    let connection = pool.acquire().await;
+    metrics::histogram!("student_service_db_pool_acquire_seconds", "pool" => name)
+        .record(started.elapsed().as_secs_f64());
+    connection
+}
+
+/// Runs `work` (the statements of one operation, connection in hand) and records how long it
+/// took.
+pub(super) async fn statement<T>(operation: &'static str, work: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let done = work.await;
+    metrics::histogram!("student_service_db_statement_seconds", "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    done
+}
+
+impl Store {
+    /// Sets the pool gauges to the pools' state now (called at each scrape).
+    pub fn record_pool_gauges(&self) {
+        match self {
+            Store::Sqlite {
+                readers,
+                writer,
+                location,
+                ..
+            } => {
+                record_pool(readers, SQLITE_READERS);
+                // In memory, readers and writer are one pool: count it once.
+                if matches!(location, super::Location::File(_)) {
+                    record_pool(writer, SQLITE_WRITER);
+                }
+            }
+            Store::Postgres(pool) => record_pool(pool, POSTGRES),
+        }
+    }
+}
+
+fn record_pool<DB: Database>(pool: &Pool<DB>, name: &'static str) {
+    let size = f64::from(pool.size());
+    let idle = pool.num_idle() as f64;
+    let connections = "student_service_db_pool_connections";
+    metrics::gauge!(connections, "pool" => name, "state" => "in_use").set(size - idle);
+    metrics::gauge!(connections, "pool" => name, "state" => "idle").set(idle);
+    metrics::gauge!("student_service_db_pool_max_connections", "pool" => name)
+        .set(f64::from(pool.options().get_max_connections()));
+}

@@ -1,0 +1,188 @@
+//! Prometheus metrics: the recorder every `metrics::counter!` / `histogram!` of the service
+//! writes to, and the plain-HTTP listener that serves it as text exposition format 0.0.4 at
+//! `GET /metrics` (anything else on that port is 404), off the gRPC port so that a scraper needs
+//! neither HTTP/2 nor TLS nor a token.
+//!
+//! Without `--metrics-listen` no recorder is installed and every recording is a no-op.
+//! Histograms have explicit buckets (the exporter would otherwise render summaries, which
+//! cannot be aggregated across replicas). The exporter keeps histogram samples until they are
+//! rendered, so a background task folds them into the buckets every few seconds even when
+//! nobody scrapes.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use super::process;
+
+/// Seconds: from half a millisecond (a cached read) to ten (the longest a client should wait).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Enrollments per SQLite group commit: up to its limit of 128.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide recorder and describes every metric; call once, before serving.
+/// `version` and `commit` (empty when unknown) label `student_service_build_info`.
+pub fn install(
+    version: &'static str,
+    commit: &'static str,
+) -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("student_service_sqlite_group_commit_batch_size".into()),
+            BATCH_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    gauge!("student_service_build_info", "version" => version, "commit" => commit).set(1.0);
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// HELP text for every metric (and the go-grpc-middleware wording for the gRPC ones).
+fn describe() {
+    describe_counter!(
+        "grpc_server_started_total",
+        "Total number of RPCs started on the server."
+    );
+    describe_counter!(
+        "grpc_server_handled_total",
+        "Total number of RPCs completed on the server, regardless of success or failure."
+    );
+    describe_counter!(
+        "grpc_server_msg_received_total",
+        "Total number of RPC stream messages received on the server."
+    );
+    describe_counter!(
+        "grpc_server_msg_sent_total",
+        "Total number of gRPC stream messages sent by the server."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server."
+    );
+    describe_gauge!(
+        "student_service_db_pool_connections",
+        "Database connections of the pool, by state (in_use, idle)."
+    );
+    describe_gauge!(
+        "student_service_db_pool_max_connections",
+        "The most connections the pool opens."
+    );
+    describe_histogram!(
+        "student_service_db_pool_acquire_seconds",
+        Unit::Seconds,
+        "Time a call waited for a database connection."
+    );
+    describe_histogram!(
+        "student_service_db_statement_seconds",
+        Unit::Seconds,
+        "Time the database statements of one store operation took, connection in hand."
+    );
+    describe_gauge!(
+        "student_service_health_status",
+        "Health reported for the service name: 1 SERVING, 0 NOT_SERVING."
+    );
+    describe_counter!(
+        "student_service_enrollments_created_total",
+        "Enrollments AssignCourse created (repeats of an existing pair not counted)."
+    );
+    describe_counter!(
+        "student_service_enrollments_refused_full_total",
+        "AssignCourse calls refused because the course was full."
+    );
+    describe_histogram!(
+        "student_service_sqlite_group_commit_batch_size",
+        "Enrollments committed together in one SQLite transaction."
+    );
+    describe_gauge!(
+        "student_service_build_info",
+        "Always 1; the labels name the running build (commit empty when not built from git)."
+    );
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped. `refresh` runs before each
+/// render, to set the gauges that are read rather than counted (the database pools).
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    refresh: impl Fn() + Send + Sync + 'static,
+) {
+    let scrape = Arc::new(move || {
+        refresh();
+        let mut text = handle.render();
+        text.push_str(&process::render());
+        text
+    });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let scrape = scrape.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &*scrape)) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %err, %peer, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn answer<B>(request: &Request<B>, scrape: &dyn Fn() -> String) -> Response<Full<Bytes>> {
+    let is_scrape = request.uri().path() == "/metrics"
+        && matches!(*request.method(), Method::GET | Method::HEAD);
+    let (status, content_type, body) = if is_scrape {
+        let text = scrape();
+        (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            text,
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try GET /metrics\n".into(),
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds the metrics listener; the caller spawns [`serve`] on it.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
