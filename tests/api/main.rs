@@ -7,6 +7,7 @@ mod proxy;
 mod courses;
 mod enrollments;
 mod lifecycle;
+mod metrics;
 mod pagination;
 mod parity;
 mod races;

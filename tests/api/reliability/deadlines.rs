@@ -189,6 +189,7 @@ async fn the_request_timeout_caps_calls_that_set_no_deadline(backend: Backend) {
     let reply = raw
         .call_unfinished(
             "/school.v1.CourseService/GetCourse",
+            &[],
             frame(0, 100, b"\x08\x01"),
         )
         .await

@@ -4,7 +4,7 @@
 mod deadlines;
 mod hostile;
 mod overload;
-mod raw;
+pub(crate) mod raw;
 
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use student_service::store::Store;

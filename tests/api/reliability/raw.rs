@@ -54,9 +54,10 @@ impl RawClient {
     pub(crate) async fn call_unfinished(
         &self,
         path: &str,
+        headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<RawReply, h2::Error> {
-        self.send(path, &[], body, false).await
+        self.send(path, headers, body, false).await
     }
 
     async fn send(

@@ -1,0 +1,326 @@
+//! `/metrics` scraped over real HTTP from the real binary after a known sequence of calls, and
+//! read with a Prometheus text parser: exact counts per (method, code), calls refused by the
+//! authentication, overload and deadline layers included.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use prometheus_parse::{Scrape, Value};
+use student_service::api::pb;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tonic::{Code, Request};
+
+use crate::{
+    helpers::{Backend, TestDatabase, on_both_backends},
+    process::ServerProcess,
+    reliability::raw::{RawClient, frame},
+};
+
+on_both_backends!(every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data);
+
+const TOKEN: &str = "metrics-test-token-0123456789";
+
+/// `GET path` over HTTP/1.1: (status line, body).
+async fn http_get(address: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .expect("connect to metrics");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+async fn scrape(address: SocketAddr) -> Scrape {
+    let (status, body) = http_get(address, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).expect("valid exposition text")
+}
+
+fn with_token<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {TOKEN}").parse().expect("ASCII");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// A sample's value (counter, gauge or untyped) by name and labels, 0 when absent.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data(
+    backend: Backend,
+) {
+    let database = TestDatabase::create(&backend).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("metrics-test {TOKEN}\n")).expect("write tokens");
+    let metrics_address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("METRICS_LISTEN", &metrics_address.to_string()),
+            ("AUTH_TOKENS_FILE", tokens.to_str().expect("UTF-8 path")),
+            ("MAX_IN_FLIGHT", "1"),
+            ("REQUEST_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let (mut students, mut courses) = server.clients().await;
+
+    // Two students, a course of one seat, one enrollment, one refusal as full, one unknown id.
+    let mut ids = Vec::new();
+    for (name, email) in [("Ada", "ada@example.com"), ("Bob", "bob@example.com")] {
+        let request = pb::CreateStudentRequest {
+            name: name.into(),
+            email: email.into(),
+        };
+        ids.push(
+            students
+                .create_student(with_token(request))
+                .await
+                .expect("create")
+                .into_inner()
+                .id,
+        );
+    }
+    let request = pb::CreateCourseRequest {
+        code: "ONE".into(),
+        title: "One seat".into(),
+        capacity: 1,
+    };
+    let course = courses
+        .create_course(with_token(request))
+        .await
+        .expect("create")
+        .into_inner();
+    for (student_id, expected) in [(ids[0], Code::Ok), (ids[1], Code::FailedPrecondition)] {
+        let request = pb::AssignCourseRequest {
+            student_id,
+            course_id: course.id,
+        };
+        let code = students
+            .assign_course(with_token(request))
+            .await
+            .map_or_else(|s| s.code(), |_| Code::Ok);
+        assert_eq!(code, expected);
+    }
+    let unknown = students
+        .get_student(with_token(pb::GetStudentRequest {
+            student_id: 999_999,
+        }))
+        .await;
+    assert_eq!(unknown.expect_err("unknown").code(), Code::NotFound);
+    // No token: refused by the authentication layer.
+    let bare = students
+        .get_student(pb::GetStudentRequest { student_id: ids[0] })
+        .await;
+    assert_eq!(bare.expect_err("no token").code(), Code::Unauthenticated);
+    // A call that stops halfway through its request holds the only slot until the server's
+    // request timeout cuts it off (DEADLINE_EXCEEDED); meanwhile one more call is refused.
+    let raw = RawClient::connect(server.address).await;
+    let authorization = format!("Bearer {TOKEN}");
+    let held = tokio::spawn(async move {
+        let headers = [("authorization", authorization.as_str())];
+        raw.call_unfinished(
+            "/school.v1.StudentService/GetStudent",
+            &headers,
+            frame(0, 100, b"\x08\x01"),
+        )
+        .await
+        .expect("the server answers")
+        .status
+    });
+    let started = [("grpc_method", "GetStudent")];
+    while value(
+        &scrape(metrics_address).await,
+        "grpc_server_started_total",
+        &started,
+    ) < 3.0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let request = pb::AssignCourseRequest {
+        student_id: ids[1],
+        course_id: course.id,
+    };
+    let overloaded = students.assign_course(with_token(request)).await;
+    assert_eq!(
+        overloaded.expect_err("over the limit").code(),
+        Code::ResourceExhausted
+    );
+    let held = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("cut off")
+        .expect("task");
+    assert_eq!(held, Some(Code::DeadlineExceeded as i32));
+
+    let scrape = scrape(metrics_address).await;
+
+    let handled = |service: &str, method: &str, code: &str| {
+        let labels = [
+            ("grpc_type", "unary"),
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", code),
+        ];
+        value(&scrape, "grpc_server_handled_total", &labels)
+    };
+    let students_service = "school.v1.StudentService";
+    for (method, code, count) in [
+        ("CreateStudent", "OK", 2.0),
+        ("AssignCourse", "OK", 1.0),
+        ("AssignCourse", "FailedPrecondition", 1.0),
+        ("AssignCourse", "ResourceExhausted", 1.0),
+        ("GetStudent", "NotFound", 1.0),
+        ("GetStudent", "Unauthenticated", 1.0),
+        ("GetStudent", "DeadlineExceeded", 1.0),
+        ("GetStudent", "OK", 0.0),
+    ] {
+        assert_eq!(
+            handled(students_service, method, code),
+            count,
+            "{method} {code}"
+        );
+    }
+    assert_eq!(
+        handled("school.v1.CourseService", "CreateCourse", "OK"),
+        1.0
+    );
+    // Started equals handled, per method; each handled call is in the latency histogram once,
+    // and the buckets only grow.
+    let mut handled_per_method: HashMap<(String, String), f64> = HashMap::new();
+    for sample in scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "grpc_server_handled_total")
+    {
+        let key = |name| sample.labels.get(name).unwrap_or_default().to_owned();
+        if let Value::Counter(v) = sample.value {
+            *handled_per_method
+                .entry((key("grpc_service"), key("grpc_method")))
+                .or_default() += v;
+        }
+    }
+    for ((service, method), handled) in &handled_per_method {
+        let labels = [
+            ("grpc_service", service.as_str()),
+            ("grpc_method", method.as_str()),
+        ];
+        if service.starts_with("school.v1") {
+            assert_eq!(
+                value(&scrape, "grpc_server_started_total", &labels),
+                *handled,
+                "{method}"
+            );
+        }
+        let histogram = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "grpc_server_handling_seconds"
+                    && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+            })
+            .expect("a latency histogram per handled method");
+        let Value::Histogram(buckets) = &histogram.value else {
+            panic!("grpc_server_handling_seconds is not a histogram: {histogram:?}");
+        };
+        assert!(
+            buckets.len() > 5,
+            "real buckets, not a summary: {buckets:?}"
+        );
+        assert!(
+            buckets
+                .windows(2)
+                .all(|pair| pair[0].count <= pair[1].count),
+            "{buckets:?}"
+        );
+        let last = buckets.last().expect("an +Inf bucket");
+        assert!(last.less_than.is_infinite());
+        let count = value(&scrape, "grpc_server_handling_seconds_count", &labels);
+        assert_eq!((last.count, count), (*handled, *handled), "{method}");
+    }
+    // Messages: CreateStudent read 2 and answered 2; a refused AssignCourse sent nothing.
+    let create = [("grpc_method", "CreateStudent")];
+    assert_eq!(
+        value(&scrape, "grpc_server_msg_received_total", &create),
+        2.0
+    );
+    assert_eq!(value(&scrape, "grpc_server_msg_sent_total", &create), 2.0);
+    let assign = [("grpc_method", "AssignCourse")];
+    assert_eq!(value(&scrape, "grpc_server_msg_sent_total", &assign), 1.0);
+    assert_eq!(
+        value(&scrape, "student_service_enrollments_created_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "student_service_enrollments_refused_full_total",
+            &[]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "student_service_health_status", &[("service", "")]),
+        1.0
+    );
+    for name in [
+        "student_service_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "student_service_db_pool_max_connections",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == name),
+            "{name} missing"
+        );
+    }
+    // Every metric has HELP text, and no label value carries request data.
+    for sample in &scrape.samples {
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| sample.metric.strip_suffix(suffix))
+            .unwrap_or(&sample.metric);
+        assert!(
+            scrape.docs.contains_key(family) || scrape.docs.contains_key(&sample.metric),
+            "no HELP for {}",
+            sample.metric
+        );
+        for (name, label) in sample.labels.iter() {
+            let request_data = ["ada@example.com", "bob@example.com", "999999", TOKEN];
+            assert!(
+                !request_data
+                    .iter()
+                    .any(|data| label.to_lowercase().contains(&data.to_lowercase())),
+                "{} has {name}={label:?}",
+                sample.metric
+            );
+        }
+    }
+    let (not_found, _) = http_get(metrics_address, "/other").await;
+    assert_eq!(not_found, "HTTP/1.1 404 Not Found");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(10)).await.success());
+}
