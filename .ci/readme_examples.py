@@ -2,7 +2,8 @@
 """Runs every grpcurl example of README.md and docs/*.md against a live server and checks its
 output.
 
-Each ```console block whose first line is `$ grpcurl ...` is one example: the command, then the
+Each ```console block whose first line is `$ grpcurl ...` (or `$ curl ...`, for the metrics
+endpoint, which the server serves on METRICS_IN_README) is one example: the command, then the
 exact output expected (stdout and stderr). Examples run on one fresh database in DOCUMENTS order
 (README.md first, whose tour docs/api.md continues, then the other files of docs/ by name), each
 file top to bottom, so they may build on each other. Timestamps are the only thing normalised
@@ -23,10 +24,11 @@ import sys
 import time
 
 ADDRESS_IN_README = "localhost:50051"
+METRICS_IN_README = "localhost:9090"
 TIMESTAMP = re.compile(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"')
 
 
-BLOCK = re.compile(r"```console\n(\$ grpcurl.*?)```", flags=re.S)
+BLOCK = re.compile(r"```console\n(\$ (?:grpcurl|curl) .*?)```", flags=re.S)
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -79,7 +81,9 @@ def main():
     binary, database_url = sys.argv[1], sys.argv[2]
     write = "--write" in sys.argv
     address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, DATABASE_URL=database_url, LISTEN_ADDR=address, RUST_LOG="warn")
+    metrics = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, DATABASE_URL=database_url, LISTEN_ADDR=address, METRICS_LISTEN=metrics,
+               RUST_LOG="warn")
     server = subprocess.Popen([binary], env=env)
     passed = failed = 0
     try:
@@ -90,8 +94,9 @@ def main():
             def check(match):
                 nonlocal passed, failed
                 command, shown, expected = parse(match.group(1))
-                run = subprocess.run(command.replace(ADDRESS_IN_README, address), shell=True,
-                                     capture_output=True, text=True, timeout=30)
+                run = subprocess.run(
+                    command.replace(ADDRESS_IN_README, address).replace(METRICS_IN_README, metrics),
+                    shell=True, capture_output=True, text=True, timeout=30)
                 actual = run.stdout + run.stderr
                 if normalise(actual) == normalise(expected):
                     passed += 1
