@@ -13,14 +13,17 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match run(cli).await {
+    let telemetry = telemetry::init(cli.log_format);
+    let drain_timeout = cli.serve.drain_timeout;
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("{}", chain(err.as_ref()));
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown(drain_timeout).await;
+    code
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {

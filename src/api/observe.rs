@@ -4,6 +4,13 @@
 //! (`grpc_server_started_total`, `_handled_total`, `_msg_received_total`, `_msg_sent_total`,
 //! `_handling_seconds`), which existing dashboards and alert rules query.
 //!
+//! The `rpc` span is also the call's OpenTelemetry SERVER span when traces are exported
+//! (`telemetry::traces`): named `school.v1.StudentService/AssignCourse`, with the RPC attributes
+//! of the semantic conventions v1.26.0 (`rpc.system`, `rpc.service`, `rpc.method`,
+//! `rpc.grpc.status_code`), status Error only for the codes those conventions call server errors,
+//! and a child of the caller's span when the request carries a W3C `traceparent`. Its
+//! `trace_id` and `span_id` fields put the trace on every log line of the call.
+//!
 //! It is the outermost layer, so it sees every call: those the overload, deadline and
 //! authentication layers refuse and those tonic refuses before our code runs are handled too,
 //! with their code.
@@ -24,12 +31,14 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tower::{Layer, Service};
-use tracing::{Instrument, Span};
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     BoxFuture,
     rpc::{Messages, Rpc},
 };
+use crate::telemetry::traces;
 
 /// Adds [`Observe`] to every service of the server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,12 +73,7 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let rpc = Rpc::of_path(request.uri().path());
         rpc.started();
-        // `caller` is filled in by token authentication (security::RequireToken), when it is on.
-        let span = tracing::info_span!(
-            "rpc",
-            method = request.uri().path(),
-            caller = tracing::field::Empty
-        );
+        let span = rpc_span(rpc, &request);
         let started = Instant::now();
         let request = request.map(|body| {
             tonic::body::Body::new(CountedBody {
@@ -104,6 +108,55 @@ where
     }
 }
 
+/// The call's span; `caller` is filled in by token authentication (security::RequireToken) when
+/// it is on, the status fields when the call finishes.
+fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> Span {
+    let span = tracing::info_span!(
+        "rpc",
+        method = request.uri().path(),
+        caller = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+        otel.name = %format_args!("{}/{}", rpc.service, rpc.method),
+        otel.kind = "server",
+    );
+    // Attributes of the trace span only, not fields: they would repeat on every log line.
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", rpc.service);
+    span.set_attribute("rpc.method", rpc.method);
+    let parent = traces::remote_parent(request.headers());
+    // Without the OpenTelemetry layer (traces off) there is nothing to attach the parent to;
+    // the log lines still get the caller's trace id below.
+    let _ = span.set_parent(parent.clone());
+    let ours = span.context();
+    match traces::span_ids(&ours) {
+        Some((trace_id, span_id)) => {
+            span.record("trace_id", trace_id);
+            span.record("span_id", span_id);
+        }
+        None => {
+            if let Some((trace_id, _)) = traces::span_ids(&parent) {
+                span.record("trace_id", trace_id);
+            }
+        }
+    }
+    span
+}
+
+/// The codes the RPC semantic conventions count as server errors (span status Error); the
+/// others are the caller's business.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     Some(Code::from_i32(value))
@@ -125,6 +178,11 @@ impl Call {
         let elapsed = self.started.elapsed();
         self.rpc.handled(code, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.span.set_attribute("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            self.span
+                .set_status(opentelemetry::trace::Status::error(code.description()));
+        }
         self.span
             .in_scope(|| tracing::info!(?code, latency_us, "finished"));
     }

@@ -120,7 +120,7 @@ impl Store {
 /// PostgreSQL runs many writers at once: each enrollment commits on its own.
 async fn assign_on_postgres(pool: &PgPool, pair: StudentCourse, now: i64) -> Result<Assigned> {
     let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
-    observe::statement("assign_course", async {
+    observe::statement(observe::POSTGRESQL_SYSTEM, "assign_course", async {
         for _ in 0..ASSIGN_TRIES {
             let inserted = sqlx::query_scalar(INSERT)
                 .bind(pair.student_id)

@@ -29,6 +29,7 @@ use std::{
 
 use sqlx::{Executor, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::{
     enrollments::{Assigned, INSERT, SELECT, after_insert},
@@ -86,7 +87,7 @@ impl Assigner {
 
     pub(super) async fn assign(&self, pair: StudentCourse, now: i64) -> Result<Assigned> {
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let (reply, mut answer) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         let pending = Pending {
             pair,
             now,
@@ -96,6 +97,22 @@ impl Assigner {
         if self.queue.send(pending).is_err() {
             return Err(Error::Unavailable(sqlx::Error::PoolClosed));
         }
+        let span = tracing::info_span!(
+            "group_commit",
+            otel.name = "sqlite group commit",
+            otel.kind = "client",
+            db.system = observe::SQLITE_SYSTEM,
+            db.operation.name = "assign_course",
+        );
+        self.wait_for(state, answer).instrument(span).await
+    }
+
+    /// Waits for the batch that runs the call, or gives up after `max_wait` if none took it.
+    async fn wait_for(
+        &self,
+        state: Arc<AtomicU8>,
+        mut answer: oneshot::Receiver<Result<Assigned>>,
+    ) -> Result<Assigned> {
         let worker_gone = || Err(Error::Unavailable(sqlx::Error::WorkerCrashed));
         tokio::select! {
             answer = &mut answer => return answer.unwrap_or_else(|_| worker_gone()),
@@ -141,7 +158,8 @@ async fn commit_batches(writer: SqlitePool, mut waiting: mpsc::UnboundedReceiver
         }
         metrics::histogram!("student_service_sqlite_group_commit_batch_size")
             .record(batch.len() as f64);
-        let outcomes = observe::statement("assign_course", commit(&mut connection, &batch)).await;
+        // The batch serves several calls: no span of its own (each call's span covers its wait).
+        let outcomes = observe::time("assign_course", commit(&mut connection, &batch)).await;
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             let _ = pending.reply.send(outcome);
         }

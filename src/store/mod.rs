@@ -81,10 +81,10 @@ macro_rules! with_reader {
     ($store:expr, $operation:expr, $pool:ident => $body:expr) => {
         match $store {
             $crate::store::Store::Sqlite { readers, .. } => {
-                $crate::store::with_connection!(readers, SQLITE_READERS, $operation, $pool => $body)
+                $crate::store::with_connection!(readers, SQLITE_READERS, SQLITE_SYSTEM, $operation, $pool => $body)
             }
             $crate::store::Store::Postgres(pool) => {
-                $crate::store::with_connection!(pool, POSTGRES, $operation, $pool => $body)
+                $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
             }
         }
     };
@@ -95,10 +95,10 @@ macro_rules! with_writer {
     ($store:expr, $operation:expr, $pool:ident => $body:expr) => {
         match $store {
             $crate::store::Store::Sqlite { writer, .. } => {
-                $crate::store::with_connection!(writer, SQLITE_WRITER, $operation, $pool => $body)
+                $crate::store::with_connection!(writer, SQLITE_WRITER, SQLITE_SYSTEM, $operation, $pool => $body)
             }
             $crate::store::Store::Postgres(pool) => {
-                $crate::store::with_connection!(pool, POSTGRES, $operation, $pool => $body)
+                $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
             }
         }
     };
@@ -106,11 +106,12 @@ macro_rules! with_writer {
 
 /// `$body` with a connection from `$from` bound to `$pool`, observed.
 macro_rules! with_connection {
-    ($from:expr, $name:ident, $operation:expr, $pool:ident => $body:expr) => {
+    ($from:expr, $name:ident, $system:ident, $operation:expr, $pool:ident => $body:expr) => {
         match $crate::store::observe::acquire($from, $crate::store::observe::$name).await {
             Ok(mut connection) => {
                 let $pool = &mut *connection;
-                $crate::store::observe::statement($operation, async { $body }).await
+                let system = $crate::store::observe::$system;
+                $crate::store::observe::statement(system, $operation, async { $body }).await
             }
             Err(err) => Err(err.into()),
         }

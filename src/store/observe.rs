@@ -1,14 +1,20 @@
 //! What the store reports to the metrics recorder (a no-op unless the server serves metrics):
 //! the time each call waits for a connection, by pool; the time its statements take, by
-//! operation; and, at each scrape, how full each pool is.
+//! operation; and, at each scrape, how full each pool is. Each operation is also a CLIENT span
+//! (semantic conventions v1.26.0: `db.system`, `db.operation.name`; never the bound values), a
+//! child of the call's span when traces are exported.
 
 use std::time::Instant;
 
 use sqlx::{Database, Pool, pool::PoolConnection};
+use tracing::Instrument;
 
 use super::Store;
 
 pub(super) const POSTGRES: &str = "postgres";
+/// `db.system` of each backend, as the semantic conventions name them.
+pub(super) const POSTGRESQL_SYSTEM: &str = "postgresql";
+pub(super) const SQLITE_SYSTEM: &str = "sqlite";
 pub(super) const SQLITE_READERS: &str = "sqlite_readers";
 pub(super) const SQLITE_WRITER: &str = "sqlite_writer";
 
@@ -24,9 +30,25 @@ pub(super) async fn acquire<DB: Database>(
     connection
 }
 
-/// Runs `work` (the statements of one operation, connection in hand) and records how long it
-/// took.
-pub(super) async fn statement<T>(operation: &'static str, work: impl Future<Output = T>) -> T {
+/// Runs `work` (the statements of one operation, connection in hand) in its span and records
+/// how long it took.
+pub(super) async fn statement<T>(
+    system: &'static str,
+    operation: &'static str,
+    work: impl Future<Output = T>,
+) -> T {
+    let span = tracing::info_span!(
+        "db",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = system,
+        db.operation.name = operation,
+    );
+    time(operation, work).instrument(span).await
+}
+
+/// Records how long `work` took, without a span (for work done on behalf of several calls).
+pub(super) async fn time<T>(operation: &'static str, work: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let done = work.await;
     metrics::histogram!("student_service_db_statement_seconds", "operation" => operation)

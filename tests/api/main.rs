@@ -16,4 +16,5 @@ mod resilience;
 mod security;
 mod startup;
 mod students;
+mod traces;
 mod unicode;

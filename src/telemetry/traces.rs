@@ -1,0 +1,158 @@
+//! OpenTelemetry traces over OTLP/gRPC, configured as every OpenTelemetry SDK is: by the
+//! standard environment variables. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on (unset: no exporter and no cost);
+//! `OTEL_SERVICE_NAME` (default `student-service`) and `OTEL_RESOURCE_ATTRIBUTES` describe the
+//! service; `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler (default
+//! parent-based always-on, so a caller's sampling decision is kept).
+//!
+//! Spans are exported in batches by the SDK's background thread, off the request path: a
+//! collector that is down or slow costs calls nothing. A batch that cannot be exported is
+//! dropped, counted in `student_service_trace_spans_dropped_total`, and logged at most once a
+//! minute.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use opentelemetry::{propagation::Extractor, trace::TraceContextExt};
+use opentelemetry_otlp::ExporterBuildError;
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    propagation::TraceContextPropagator,
+    trace::{SdkTracerProvider, SpanData, SpanExporter},
+};
+
+const DEFAULT_SERVICE_NAME: &str = "student-service";
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether the environment asks for traces to be exported.
+pub(super) fn wanted() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty()))
+}
+
+/// The tracer provider the environment describes; must be called inside the Tokio runtime
+/// (the gRPC exporter's connection runs on it).
+pub(super) fn provider() -> Result<SdkTracerProvider, ExporterBuildError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(CountingExporter::new(exporter))
+        .with_resource(resource())
+        .build())
+}
+
+/// The SDK's resource (which reads `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`), named
+/// `student-service` unless those name it.
+fn resource() -> Resource {
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::new("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    if named {
+        detected
+    } else {
+        Resource::builder()
+            .with_service_name(DEFAULT_SERVICE_NAME)
+            .build()
+    }
+}
+
+/// The span context of a W3C `traceparent` / `tracestate` in `headers`, as the parent of our
+/// server span; an empty context when there is none (our span is then a new root).
+pub(crate) fn remote_parent(headers: &http::HeaderMap) -> opentelemetry::Context {
+    use opentelemetry::propagation::TextMapPropagator;
+    TraceContextPropagator::new().extract(&Headers(headers))
+}
+
+/// The (trace id, span id) of a context's span, when it has a valid one.
+pub(crate) fn span_ids(context: &opentelemetry::Context) -> Option<(String, String)> {
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    })
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The OTLP exporter, with failed batches counted and a warning at most once a minute.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    dropped: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl<E> CountingExporter<E> {
+    fn new(inner: E) -> Self {
+        CountingExporter {
+            inner,
+            dropped: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+        }
+    }
+
+    fn dropped(&self, spans: usize, error: &dyn std::fmt::Display) {
+        let spans = spans as u64;
+        let total = self.dropped.fetch_add(spans, Ordering::Relaxed) + spans;
+        metrics::counter!("student_service_trace_spans_dropped_total").increment(spans);
+        let Ok(mut last) = self.last_warning.lock() else {
+            return;
+        };
+        if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                error = %error,
+                dropped_spans_so_far = total,
+                "cannot export trace spans; dropping them (this warning repeats at most once a minute)"
+            );
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let exported = self.inner.export(batch).await;
+        if let Err(error) = &exported {
+            self.dropped(spans, error);
+        }
+        exported
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}

@@ -1,0 +1,312 @@
+//! Traces from the real binary, received by a stand-in for an OpenTelemetry Collector (a tonic
+//! server implementing OTLP's TraceService): the server span continues the caller's trace, has
+//! the RPC attributes, and parents the database spans; a collector that is gone costs calls
+//! nothing; log lines name the trace.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value::Value,
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
+};
+use student_service::api::pb;
+use tokio::{io::AsyncReadExt, net::TcpListener, process::Command, sync::oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request};
+
+use crate::{
+    helpers::{Backend, TestDatabase, on_both_backends},
+    process::ServerProcess,
+};
+
+on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_database_spans);
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// Receives spans as an OpenTelemetry Collector would, and keeps them.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        self.spans.lock().expect("lock").extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves OTLP on a free port until the returned sender is dropped or used.
+    async fn start(&self) -> (SocketAddr, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        (address, stop)
+    }
+
+    /// The spans received so far, once `ready` holds for them (waits up to 20 s).
+    async fn wait_for(&self, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        for _ in 0..400 {
+            let spans = self.spans.lock().expect("lock").clone();
+            if ready(&spans) {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the collector never got the spans: {:?}",
+            self.spans.lock().expect("lock")
+        );
+    }
+}
+
+fn traced<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().expect("ASCII"));
+    request
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &Span, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone()?.value)
+}
+
+fn text(value: &str) -> Option<Value> {
+    Some(Value::StringValue(value.to_owned()))
+}
+
+async fn the_server_span_continues_the_callers_trace_and_parents_the_database_spans(
+    backend: Backend,
+) {
+    let database = TestDatabase::create(&backend).await;
+    let collector = Collector::default();
+    let (collector_address, stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "student-service-test"),
+        ],
+    )
+    .await;
+    let (mut students, mut courses) = server.clients().await;
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    let ada = students
+        .create_student(request)
+        .await
+        .expect("create")
+        .into_inner();
+    let request = pb::CreateCourseRequest {
+        code: "ONE".into(),
+        title: "One seat".into(),
+        capacity: 1,
+    };
+    let course = courses
+        .create_course(request)
+        .await
+        .expect("create")
+        .into_inner();
+
+    let request = pb::AssignCourseRequest {
+        student_id: ada.id,
+        course_id: course.id,
+    };
+    students
+        .assign_course(traced(request))
+        .await
+        .expect("assign");
+    let request = pb::AssignCourseRequest {
+        student_id: 999_999,
+        course_id: course.id,
+    };
+    let missing = students.assign_course(traced(request)).await;
+    assert_eq!(missing.expect_err("unknown student").code(), Code::NotFound);
+
+    let name = "school.v1.StudentService/AssignCourse";
+    let spans = collector
+        .wait_for(|spans| spans.iter().filter(|s| s.name == name).count() == 2)
+        .await;
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.name == name).collect();
+    for server_span in &servers {
+        assert_eq!(hex(&server_span.trace_id), CALLER_TRACE, "{server_span:?}");
+        assert_eq!(
+            hex(&server_span.parent_span_id),
+            CALLER_SPAN,
+            "{server_span:?}"
+        );
+        assert_eq!(server_span.kind, SpanKind::Server as i32);
+        assert_eq!(attribute(server_span, "rpc.system"), text("grpc"));
+        assert_eq!(
+            attribute(server_span, "rpc.service"),
+            text("school.v1.StudentService")
+        );
+        assert_eq!(attribute(server_span, "rpc.method"), text("AssignCourse"));
+        // NOT_FOUND is the caller's mistake, not a server error: the status stays unset.
+        let status = server_span.status.clone().unwrap_or_default();
+        assert_ne!(status.code, StatusCode::Error as i32, "{server_span:?}");
+    }
+    let codes: Vec<Option<Value>> = servers
+        .iter()
+        .map(|s| attribute(s, "rpc.grpc.status_code"))
+        .collect();
+    assert!(codes.contains(&Some(Value::IntValue(0))), "{codes:?}");
+    assert!(
+        codes.contains(&Some(Value::IntValue(Code::NotFound as i64))),
+        "{codes:?}"
+    );
+    // Database work of the call: its CLIENT spans are children of the server span, with the
+    // system and operation and no bound values.
+    let system = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres { .. } => "postgresql",
+    };
+    for server_span in &servers {
+        let children: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == server_span.span_id)
+            .collect();
+        assert!(
+            !children.is_empty(),
+            "no database span under {server_span:?}"
+        );
+        for child in children {
+            assert_eq!(child.kind, SpanKind::Client as i32, "{child:?}");
+            assert_eq!(attribute(child, "db.system"), text(system), "{child:?}");
+            assert_eq!(hex(&child.trace_id), CALLER_TRACE);
+            let values = format!("{:?}", child.attributes);
+            assert!(
+                !values.contains("999999") && !values.contains("ada@"),
+                "{values}"
+            );
+        }
+    }
+    if matches!(backend, Backend::Sqlite) {
+        // On SQLite, the wait in the group commit is a span of the call too.
+        let waited = spans.iter().any(|s| {
+            s.name == "sqlite group commit" && servers.iter().any(|p| p.span_id == s.parent_span_id)
+        });
+        assert!(waited, "no group commit span under the AssignCourse spans");
+    }
+    // Without a traceparent, a root span of a new trace.
+    students
+        .get_student(pb::GetStudentRequest { student_id: ada.id })
+        .await
+        .expect("get");
+    let spans = collector
+        .wait_for(|spans| spans.iter().any(|s| s.name.ends_with("/GetStudent")))
+        .await;
+    let root = spans
+        .iter()
+        .find(|s| s.name.ends_with("/GetStudent"))
+        .expect("span");
+    assert!(root.parent_span_id.is_empty(), "{root:?}");
+    assert_ne!(hex(&root.trace_id), CALLER_TRACE);
+
+    // The collector goes away: calls still succeed.
+    let _ = stop_collector.send(());
+    for _ in 0..200 {
+        students
+            .get_student(traced(pb::GetStudentRequest { student_id: ada.id }))
+            .await
+            .expect("calls succeed with no collector");
+    }
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_name_the_callers_trace_even_when_traces_are_off() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("logs.db").display()),
+        )
+        .env("LISTEN_ADDR", address.to_string())
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start");
+    let channel = loop {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
+        if let Ok(channel) = endpoint.connect().await {
+            break channel;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut students = pb::student_service_client::StudentServiceClient::new(channel);
+    let unknown = students
+        .get_student(traced(pb::GetStudentRequest { student_id: 7 }))
+        .await;
+    assert_eq!(unknown.expect_err("unknown").code(), Code::NotFound);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().expect("running").to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut logs = String::new();
+    let mut stderr = child.stderr.take().expect("piped");
+    tokio::time::timeout(Duration::from_secs(15), stderr.read_to_string(&mut logs))
+        .await
+        .expect("the server exits")
+        .expect("read logs");
+    let finished = logs
+        .lines()
+        .find(|line| line.contains("GetStudent") && line.contains("finished"))
+        .unwrap_or_else(|| panic!("no line for the call in {logs}"));
+    assert!(
+        finished.contains(&format!("\"trace_id\":\"{CALLER_TRACE}\"")),
+        "{finished}"
+    );
+}
