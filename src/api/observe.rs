@@ -38,7 +38,7 @@ use super::{
     BoxFuture,
     rpc::{Messages, Rpc},
 };
-use crate::telemetry::traces;
+use crate::telemetry::{metrics::enabled as metrics_on, traces};
 
 /// Adds [`Observe`] to every service of the server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,12 +75,18 @@ where
         rpc.started();
         let span = rpc_span(rpc, &request);
         let started = Instant::now();
-        let request = request.map(|body| {
-            tonic::body::Body::new(CountedBody {
-                inner: body,
-                messages: Messages::received(rpc),
+        // Counting messages means boxing the request body once more: only when metrics are on.
+        let counting = metrics_on();
+        let request = if counting {
+            request.map(|body| {
+                tonic::body::Body::new(CountedBody {
+                    inner: body,
+                    messages: Some(Messages::received(rpc)),
+                })
             })
-        });
+        } else {
+            request
+        };
         let response = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
@@ -97,7 +103,7 @@ where
                 let body = ObservedBody {
                     inner: CountedBody {
                         inner: body,
-                        messages: Messages::sent(rpc),
+                        messages: counting.then(|| Messages::sent(rpc)),
                     },
                     call,
                 };
@@ -240,7 +246,7 @@ pin_project_lite::pin_project! {
     pub struct CountedBody<B> {
         #[pin]
         inner: B,
-        messages: Messages,
+        messages: Option<Messages>,
     }
 }
 
@@ -254,10 +260,11 @@ impl<B: Body<Data = bytes::Bytes>> Body for CountedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &frame
+        if let Some(messages) = this.messages
+            && let Poll::Ready(Some(Ok(frame))) = &frame
             && let Some(data) = frame.data_ref()
         {
-            this.messages.count(data);
+            messages.count(data);
         }
         frame
     }

@@ -9,7 +9,15 @@
 //! rendered, so a background task folds them into the buckets every few seconds even when
 //! nobody scrapes.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
@@ -28,6 +36,14 @@ const SECONDS_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Set once the recorder is installed.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether metrics are recorded (`--metrics-listen`), for work worth skipping when they are not.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Installs the process-wide recorder and describes every metric; call once, before serving.
 /// `version` and `commit` (empty when unknown) label `student_service_build_info`.
 pub fn install(
@@ -41,6 +57,7 @@ pub fn install(
             BATCH_BUCKETS,
         )?
         .install_recorder()?;
+    ENABLED.store(true, Ordering::Relaxed);
     describe();
     gauge!("student_service_build_info", "version" => version, "commit" => commit).set(1.0);
     let upkeep = handle.clone();
