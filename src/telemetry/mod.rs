@@ -38,6 +38,11 @@ pub fn init(format: LogFormat) -> Telemetry {
             Ok(provider) => {
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("student-service"))
+                    // Source locations, thread names and busy/idle times on every span: seven
+                    // attributes and a clock read per enter and exit that nobody asked for.
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_tracked_inactivity(false)
                     // Our spans only, whatever RUST_LOG says, and never the exporter's own
                     // (its gRPC client would trace itself in a loop).
                     .with_filter(Targets::new().with_target("student_service", Level::INFO));
