@@ -310,3 +310,45 @@ async fn log_lines_name_the_callers_trace_even_when_traces_are_off() {
         "{finished}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_buffered_at_shutdown_are_exported_before_exit() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let collector = Collector::default();
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    // A batch delay of a minute: nothing is exported on schedule during this test, only at exit.
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    )
+    .await;
+    let (mut students, _) = server.clients().await;
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    students
+        .create_student(traced(request))
+        .await
+        .expect("create");
+    assert!(
+        collector.spans.lock().expect("lock").is_empty(),
+        "exported before shutdown: the test proves nothing"
+    );
+
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+
+    let spans = collector.spans.lock().expect("lock").clone();
+    let name = "school.v1.StudentService/CreateStudent";
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == name && hex(&s.trace_id) == CALLER_TRACE),
+        "the buffered span was not flushed at exit: {spans:?}"
+    );
+}
