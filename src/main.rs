@@ -118,7 +118,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
 async fn serve_metrics(address: SocketAddr, store: Store) -> Result<(), Box<dyn Error>> {
     let handle =
         telemetry::metrics::install(env!("CARGO_PKG_VERSION"), env!("STUDENT_SERVICE_COMMIT"))?;
-    let listener = telemetry::metrics::bind(address).await?;
+    let listener = TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "metrics at GET /metrics");
     tokio::spawn(telemetry::metrics::serve(listener, handle, move || {
         store.record_pool_gauges();

@@ -101,10 +101,8 @@ where
                     call.finish(code);
                 }
                 let body = ObservedBody {
-                    inner: CountedBody {
-                        inner: body,
-                        messages: counting.then(|| Messages::sent(rpc)),
-                    },
+                    inner: body,
+                    messages: counting.then(|| Messages::sent(rpc)),
                     call,
                 };
                 Ok(http::Response::from_parts(parts, body))
@@ -201,10 +199,12 @@ impl Drop for Call {
 }
 
 pin_project_lite::pin_project! {
-    /// The response body, watched for the trailers that carry the status.
+    /// The response body, watched for the trailers that carry the status and, when metrics
+    /// are on, for the messages it sends.
     pub struct ObservedBody<B> {
         #[pin]
-        inner: CountedBody<B>,
+        inner: B,
+        messages: Option<Messages>,
         call: Call,
     }
 }
@@ -219,6 +219,7 @@ impl<B: Body<Data = bytes::Bytes>> Body for ObservedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
+        count_messages(this.messages, &frame);
         match &frame {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
@@ -242,7 +243,7 @@ impl<B: Body<Data = bytes::Bytes>> Body for ObservedBody<B> {
 }
 
 pin_project_lite::pin_project! {
-    /// A request or response body whose gRPC messages are counted as they pass.
+    /// A request body whose gRPC messages are counted as they pass.
     pub struct CountedBody<B> {
         #[pin]
         inner: B,
@@ -260,12 +261,7 @@ impl<B: Body<Data = bytes::Bytes>> Body for CountedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let Some(messages) = this.messages
-            && let Poll::Ready(Some(Ok(frame))) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            messages.count(data);
-        }
+        count_messages(this.messages, &frame);
         frame
     }
 
@@ -275,5 +271,18 @@ impl<B: Body<Data = bytes::Bytes>> Body for CountedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Counts the messages a data frame completes, when messages are counted.
+fn count_messages<D: AsRef<[u8]>, E>(
+    messages: &mut Option<Messages>,
+    frame: &Poll<Option<Result<Frame<D>, E>>>,
+) {
+    if let Some(messages) = messages
+        && let Poll::Ready(Some(Ok(frame))) = frame
+        && let Some(data) = frame.data_ref()
+    {
+        messages.count(data.as_ref());
     }
 }

@@ -50,13 +50,24 @@ fn classify(err: &sqlx::Error) -> Class {
 /// statement cancelled by the operator's `statement_timeout` (57014): nothing was written.
 fn is_unavailable(db: &dyn DatabaseError) -> bool {
     let Some(code) = db.code() else { return false };
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // Primary result codes live in the low byte: SQLITE_BUSY = 5, SQLITE_LOCKED = 6.
-        return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+    if let Some(primary) = sqlite_primary_code(db) {
+        // SQLITE_BUSY = 5, SQLITE_LOCKED = 6.
+        return matches!(primary, 5 | 6);
     }
     ["08", "53", "57P", "57014"]
         .iter()
         .any(|class| code.starts_with(class))
+}
+
+/// The primary result code of a SQLite error (extended codes keep it in the low byte).
+fn sqlite_primary_code(db: &dyn DatabaseError) -> Option<i32> {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    Some(db.code()?.parse::<i32>().ok()? & 0xff)
+}
+
+/// SQLITE_READONLY (8): the file cannot be written.
+pub(super) fn is_read_only(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if sqlite_primary_code(db.as_ref()) == Some(8))
 }
 
 /// PostgreSQL serialization failure or deadlock: nothing was written and a retry may succeed.

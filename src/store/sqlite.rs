@@ -26,7 +26,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{ConnectError, checkpoint};
+use super::{ConnectError, checkpoint, errors::is_read_only};
 
 /// Where a SQLite URL points.
 #[derive(Debug, Clone)]
@@ -225,12 +225,6 @@ async fn check_writable(path: &Path, writer: &SqlitePool) -> Result<(), ClaimErr
         Err(err) if is_read_only(&err) => Err(ClaimError::ReadOnly(path.to_path_buf())),
         Err(err) => Err(ClaimError::Check(err)),
     }
-}
-
-/// SQLITE_READONLY (8) and its extended codes.
-fn is_read_only(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db)
-        if db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 8))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -197,9 +196,4 @@ fn answer<B>(request: &Request<B>, scrape: &dyn Fn() -> String) -> Response<Full
             .insert(http::header::CONTENT_TYPE, value);
     }
     response
-}
-
-/// Binds the metrics listener; the caller spawns [`serve`] on it.
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
 }
