@@ -1,7 +1,7 @@
 //! The one error type of the service. Domain rules and the store produce it; `api::status` turns
 //! it into a gRPC status, in one place.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 /// A resource the API exposes, named in NOT_FOUND messages and reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,17 +19,17 @@ impl fmt::Display for Resource {
     }
 }
 
-/// One invalid field of a request.
+/// One invalid field of a request, named by its path (`student.email`, `course_ids[2]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
-    pub field: &'static str,
+    pub field: Cow<'static, str>,
     pub description: String,
 }
 
 impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<Cow<'static, str>>, description: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             description: description.into(),
         }
     }
@@ -55,6 +55,29 @@ pub enum Error {
 
     #[error("course {0} is full")]
     CourseFull(i64),
+
+    /// BatchAssignCourses: every requested course that does not exist.
+    #[error("{} not found", courses(.0))]
+    CoursesNotFound(Vec<i64>),
+
+    /// BatchAssignCourses: every requested course that is full (and the student not yet in).
+    #[error("{} full", courses_are(.0))]
+    CoursesFull(Vec<i64>),
+
+    /// An update or delete named an etag that is no longer the resource's.
+    #[error("{0} {1} has changed since the etag was read: read it again and retry")]
+    EtagMismatch(Resource, i64),
+
+    /// UpdateCourse would set the capacity below the students already enrolled.
+    #[error(
+        "course {course_id} has {enrolled} students enrolled, more than the new capacity of \
+         {capacity}: unassign students first or choose a capacity of at least {enrolled}"
+    )]
+    CapacityBelowEnrolled {
+        course_id: i64,
+        capacity: i32,
+        enrolled: i32,
+    },
 
     /// A concurrent change got in the way (a deadlock or serialization failure); safe to retry.
     #[error("the request conflicted with a concurrent change; retry it")]
@@ -109,6 +132,21 @@ impl fmt::Display for AuthFailure {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "course 3" or "courses 3, 7".
+fn courses(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    match ids {
+        [_] => format!("course {}", list[0]),
+        _ => format!("courses {}", list.join(", ")),
+    }
+}
+
+/// "course 3 is" or "courses 3, 7 are".
+fn courses_are(ids: &[i64]) -> String {
+    let verb = if ids.len() == 1 { "is" } else { "are" };
+    format!("{} {verb}", courses(ids))
+}
 
 fn describe_violations(violations: &[FieldViolation]) -> String {
     let parts: Vec<String> = violations

@@ -116,7 +116,7 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc.ErrorInfo and BadRequest, so reflection clients can decode error details.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(error_detail_descriptors())
     };
     // Our services require a token when there are tokens; reflection only if asked to (it lets
     // grpcurl discover the API); health never (load balancers and Kubernetes probe it bare).
@@ -178,6 +178,33 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The descriptors of `google.rpc` (Status, ErrorInfo, BadRequest...) that tonic-types ships,
+/// under the file names googleapis gives them (`google/rpc/status.proto`, not `status.proto`):
+/// a client that also loads the official files, or merges descriptor sets from several
+/// services, sees one file per symbol instead of two defining the same ones.
+fn error_detail_descriptors() -> prost_types::FileDescriptorSet {
+    let canonical = |name: &str| {
+        if name.contains('/') {
+            name.to_owned()
+        } else {
+            format!("google/rpc/{name}")
+        }
+    };
+    // Decoding bytes compiled into tonic-types cannot fail unless that crate is broken; the
+    // test `error_details_are_served_under_their_canonical_names` would say so.
+    let mut set = <prost_types::FileDescriptorSet as prost::Message>::decode(
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
+    )
+    .unwrap_or_default();
+    for file in &mut set.file {
+        file.name = Some(canonical(file.name()));
+        for dependency in &mut file.dependency {
+            *dependency = canonical(dependency);
+        }
+    }
+    set
 }
 
 /// Accepted connections send small responses at once (no Nagle delay: a unary response is

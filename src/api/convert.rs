@@ -3,7 +3,7 @@
 use prost_types::Timestamp;
 
 use super::pb;
-use crate::domain::{Course, Enrollment, Student};
+use crate::domain::{Course, Enrollment, Student, etag};
 
 fn timestamp(micros: i64) -> Option<Timestamp> {
     Some(Timestamp {
@@ -20,6 +20,7 @@ impl From<Student> for pb::Student {
             name: s.name,
             email: s.email,
             create_time: timestamp(s.create_time),
+            etag: etag(s.id, s.revision),
         }
     }
 }
@@ -33,6 +34,7 @@ impl From<Course> for pb::Course {
             capacity: c.capacity,
             enrolled: c.enrolled,
             create_time: timestamp(c.create_time),
+            etag: etag(c.id, c.revision),
         }
     }
 }
@@ -45,6 +47,11 @@ impl From<Enrollment> for pb::Enrollment {
             enroll_time: timestamp(e.enroll_time),
         }
     }
+}
+
+/// The paths of an update mask; an absent mask is an empty one.
+pub(super) fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|mask| mask.paths).unwrap_or_default()
 }
 
 pub(super) fn all<T, P: From<T>>(items: Vec<T>) -> Vec<P> {

@@ -1,11 +1,11 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::all,
+    convert::{all, mask_paths},
     pb::{self, course_service_server::CourseService},
 };
 use crate::{
-    domain::{self, Listing, NewCourse, Page},
+    domain::{self, CourseFields, CourseUpdate, Delete, Listing, NewCourse, Page},
     store::Store,
 };
 
@@ -44,6 +44,25 @@ impl CourseService for CourseApi {
         Ok(Response::new(self.store.get_course(id).await?.into()))
     }
 
+    async fn update_course(
+        &self,
+        request: Request<pb::UpdateCourseRequest>,
+    ) -> Result<Response<pb::Course>, Status> {
+        let request = request.into_inner();
+        let course = request.course.unwrap_or_default();
+        let sent = CourseFields {
+            id: course.id,
+            code: &course.code,
+            title: &course.title,
+            capacity: course.capacity,
+            etag: &course.etag,
+        };
+        let update = CourseUpdate::parse(sent, &mask_paths(request.update_mask))?;
+        Ok(Response::new(
+            self.store.update_course(&update).await?.into(),
+        ))
+    }
+
     async fn search_courses(
         &self,
         request: Request<pb::SearchCoursesRequest>,
@@ -63,8 +82,9 @@ impl CourseService for CourseApi {
         &self,
         request: Request<pb::DeleteCourseRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = domain::parse_single_id("course_id", request.get_ref().course_id)?;
-        self.store.delete_course(id).await?;
+        let request = request.get_ref();
+        let delete = Delete::parse("course_id", request.course_id, &request.etag)?;
+        self.store.delete_course(delete).await?;
         Ok(Response::new(()))
     }
 

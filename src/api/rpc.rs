@@ -27,9 +27,12 @@ const RPCS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("CreateStudent", UNARY),
             ("GetStudent", UNARY),
+            ("UpdateStudent", UNARY),
             ("ListStudents", UNARY),
             ("DeleteStudent", UNARY),
             ("AssignCourse", UNARY),
+            ("BatchAssignCourses", UNARY),
+            ("GetEnrollment", UNARY),
             ("UnassignCourse", UNARY),
             ("ListCourses", UNARY),
         ],
@@ -39,6 +42,7 @@ const RPCS: &[(&str, &[(&str, &str)])] = &[
         &[
             ("CreateCourse", UNARY),
             ("GetCourse", UNARY),
+            ("UpdateCourse", UNARY),
             ("SearchCourses", UNARY),
             ("DeleteCourse", UNARY),
             ("ListEnrolledStudents", UNARY),
@@ -221,6 +225,36 @@ mod tests {
         );
         let made_up = Rpc::of_path("/evil.Service/Method");
         assert_eq!((made_up.service, made_up.method), ("unknown", "unknown"));
+    }
+
+    #[test]
+    fn every_method_of_our_protos_has_its_own_labels() {
+        use prost::Message;
+        let descriptors =
+            prost_types::FileDescriptorSet::decode(super::super::pb::FILE_DESCRIPTOR_SET)
+                .expect("our descriptors decode");
+        let mut methods = 0;
+        for file in descriptors
+            .file
+            .iter()
+            .filter(|f| f.package() == "school.v1")
+        {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/school.v1.{}/{}", service.name(), method.name());
+                    let kind = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => UNARY,
+                        (false, true) => SERVER_STREAM,
+                        (true, false) => "client_stream",
+                        (true, true) => BIDI_STREAM,
+                    };
+                    let rpc = Rpc::of_path(&path);
+                    assert_eq!((rpc.method, rpc.kind), (method.name(), kind), "{path}");
+                    methods += 1;
+                }
+            }
+        }
+        assert!(methods >= 15, "found only {methods} methods");
     }
 
     #[test]

@@ -17,7 +17,7 @@ impl From<Error> for Status {
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
         if let Error::InvalidArgument(violations) = &err {
             for violation in violations {
-                details.add_bad_request_violation(violation.field, &violation.description);
+                details.add_bad_request_violation(violation.field.as_ref(), &violation.description);
             }
         }
         Status::with_error_details(code, err.to_string(), details)
@@ -33,15 +33,13 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
     };
     match err {
         Error::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT", HashMap::new()),
-        Error::NotFound(Resource::Student, id) => (
+        Error::NotFound(resource, id) => (
             Code::NotFound,
-            "STUDENT_NOT_FOUND",
-            meta(&[("student_id", id.to_string())]),
-        ),
-        Error::NotFound(Resource::Course, id) => (
-            Code::NotFound,
-            "COURSE_NOT_FOUND",
-            meta(&[("course_id", id.to_string())]),
+            match resource {
+                Resource::Student => "STUDENT_NOT_FOUND",
+                Resource::Course => "COURSE_NOT_FOUND",
+            },
+            meta(&[(id_key(*resource), id.to_string())]),
         ),
         Error::NotEnrolled {
             student_id,
@@ -69,6 +67,34 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
             "COURSE_FULL",
             meta(&[("course_id", id.to_string())]),
         ),
+        Error::CoursesNotFound(ids) => (
+            Code::NotFound,
+            "COURSE_NOT_FOUND",
+            meta(&[("course_ids", id_list(ids))]),
+        ),
+        Error::CoursesFull(ids) => (
+            Code::FailedPrecondition,
+            "COURSE_FULL",
+            meta(&[("course_ids", id_list(ids))]),
+        ),
+        Error::EtagMismatch(resource, id) => (
+            Code::FailedPrecondition,
+            "ETAG_MISMATCH",
+            meta(&[(id_key(*resource), id.to_string())]),
+        ),
+        Error::CapacityBelowEnrolled {
+            course_id,
+            capacity,
+            enrolled,
+        } => (
+            Code::FailedPrecondition,
+            "CAPACITY_BELOW_ENROLLED",
+            meta(&[
+                ("course_id", course_id.to_string()),
+                ("capacity", capacity.to_string()),
+                ("enrolled", enrolled.to_string()),
+            ]),
+        ),
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
@@ -80,6 +106,20 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
         ),
         Error::Internal(_) => (Code::Internal, "INTERNAL", HashMap::new()),
     }
+}
+
+/// The metadata key that names a resource's id.
+fn id_key(resource: Resource) -> &'static str {
+    match resource {
+        Resource::Student => "student_id",
+        Resource::Course => "course_id",
+    }
+}
+
+/// Ids as ErrorInfo metadata: "3,7".
+fn id_list(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    ids.join(",")
 }
 
 /// Failures of ours are logged with their cause, which the client never sees; a client's own

@@ -1,11 +1,11 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::all,
+    convert::{all, mask_paths},
     pb::{self, student_service_server::StudentService},
 };
 use crate::{
-    domain::{self, Listing, NewStudent, Page},
+    domain::{self, BatchAssign, Delete, Listing, NewStudent, Page, StudentFields, StudentUpdate},
     store::Store,
 };
 
@@ -44,6 +44,24 @@ impl StudentService for StudentApi {
         Ok(Response::new(self.store.get_student(id).await?.into()))
     }
 
+    async fn update_student(
+        &self,
+        request: Request<pb::UpdateStudentRequest>,
+    ) -> Result<Response<pb::Student>, Status> {
+        let request = request.into_inner();
+        let student = request.student.unwrap_or_default();
+        let sent = StudentFields {
+            id: student.id,
+            name: &student.name,
+            email: &student.email,
+            etag: &student.etag,
+        };
+        let update = StudentUpdate::parse(sent, &mask_paths(request.update_mask))?;
+        Ok(Response::new(
+            self.store.update_student(&update).await?.into(),
+        ))
+    }
+
     async fn list_students(
         &self,
         request: Request<pb::ListStudentsRequest>,
@@ -62,8 +80,9 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::DeleteStudentRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = domain::parse_single_id("student_id", request.get_ref().student_id)?;
-        self.store.delete_student(id).await?;
+        let request = request.get_ref();
+        let delete = Delete::parse("student_id", request.student_id, &request.etag)?;
+        self.store.delete_student(delete).await?;
         Ok(Response::new(()))
     }
 
@@ -78,6 +97,35 @@ impl StudentService for StudentApi {
             enrollment: Some(enrollment.into()),
             created,
         }))
+    }
+
+    async fn batch_assign_courses(
+        &self,
+        request: Request<pb::BatchAssignCoursesRequest>,
+    ) -> Result<Response<pb::BatchAssignCoursesResponse>, Status> {
+        let request = request.get_ref();
+        let batch = BatchAssign::parse(request.student_id, &request.course_ids)?;
+        let enrolled = self
+            .store
+            .batch_assign(&batch, domain::now_micros())
+            .await?;
+        let results = enrolled
+            .into_iter()
+            .map(|(enrollment, created)| pb::AssignCourseResponse {
+                enrollment: Some(enrollment.into()),
+                created,
+            })
+            .collect();
+        Ok(Response::new(pb::BatchAssignCoursesResponse { results }))
+    }
+
+    async fn get_enrollment(
+        &self,
+        request: Request<pb::GetEnrollmentRequest>,
+    ) -> Result<Response<pb::Enrollment>, Status> {
+        let request = request.get_ref();
+        let pair = domain::parse_student_course(request.student_id, request.course_id)?;
+        Ok(Response::new(self.store.get_enrollment(pair).await?.into()))
     }
 
     async fn unassign_course(

@@ -6,11 +6,16 @@ mod page;
 mod proptests;
 mod requests;
 mod text;
+mod updates;
 
 pub use page::{Listing, Page, PageRequest};
 pub use requests::{
     NewCourse, NewStudent, SearchQuery, StudentCourse, parse_list_of, parse_list_students,
     parse_search, parse_single_id, parse_student_course,
+};
+pub use updates::{
+    BatchAssign, CourseFields, CourseUpdate, Delete, MAX_BATCH_COURSES, StudentFields,
+    StudentUpdate, etag,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +28,8 @@ pub struct Student {
     pub email: String,
     /// Microseconds since the Unix epoch.
     pub create_time: i64,
+    /// Raised by every update; the etag is made of it.
+    pub revision: i64,
 }
 
 /// A course as stored, with its live enrollment count.
@@ -36,6 +43,8 @@ pub struct Course {
     pub enrolled: i32,
     /// Microseconds since the Unix epoch.
     pub create_time: i64,
+    /// Raised by every update (not by enrollments); the etag is made of it.
+    pub revision: i64,
 }
 
 /// One student enrolled in one course.

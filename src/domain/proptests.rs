@@ -24,7 +24,7 @@ fn forged_token() -> impl Strategy<Value = String> {
 }
 
 /// The fields an error names, checking that it is an InvalidArgument naming at least one.
-fn fields<T: std::fmt::Debug>(result: Result<T, Error>) -> Option<Vec<&'static str>> {
+fn fields<T: std::fmt::Debug>(result: Result<T, Error>) -> Option<Vec<String>> {
     match result {
         Ok(_) => None,
         Err(Error::InvalidArgument(violations)) => {
@@ -32,7 +32,7 @@ fn fields<T: std::fmt::Debug>(result: Result<T, Error>) -> Option<Vec<&'static s
                 !violations.is_empty(),
                 "an InvalidArgument names its fields"
             );
-            Some(violations.iter().map(|v| v.field).collect())
+            Some(violations.iter().map(|v| v.field.to_string()).collect())
         }
         Err(other) => panic!("validation failed with {other:?}, not InvalidArgument"),
     }
@@ -47,38 +47,38 @@ proptest! {
                 prop_assert!(!student.name.is_empty() && student.name.chars().count() <= 200);
                 prop_assert_eq!(student.email.to_lowercase(), student.email);
             }
-            Some(named) => prop_assert!(named.iter().all(|f| ["name", "email"].contains(f))),
+            Some(named) => prop_assert!(named.iter().all(|f| ["name", "email"].contains(&f.as_str()))),
         }
     }
 
     #[test]
     fn new_courses_never_panic(code in text(60), title in text(300), capacity in any::<i32>()) {
         if let Some(named) = fields(NewCourse::parse(&code, &title, capacity)) {
-            prop_assert!(named.iter().all(|f| ["code", "title", "capacity"].contains(f)));
-            prop_assert_eq!(capacity < 0, named.contains(&"capacity"));
+            prop_assert!(named.iter().all(|f| ["code", "title", "capacity"].contains(&f.as_str())));
+            prop_assert_eq!(capacity < 0, named.iter().any(|f| f == "capacity"));
         }
     }
 
     #[test]
     fn searches_never_panic(query in text(300), page_size in any::<i32>(), token in forged_token()) {
         let named = fields(parse_search(&query, page_size, &token)).expect("a forged token is refused");
-        prop_assert!(named.contains(&"page_token"));
-        prop_assert!(named.iter().all(|f| ["query", "page_size", "page_token"].contains(f)));
-        prop_assert_eq!(page_size < 0, named.contains(&"page_size"));
+        prop_assert!(named.iter().any(|f| f == "page_token"));
+        prop_assert!(named.iter().all(|f| ["query", "page_size", "page_token"].contains(&f.as_str())));
+        prop_assert_eq!(page_size < 0, named.iter().any(|f| f == "page_size"));
     }
 
     #[test]
     fn forged_page_tokens_are_refused(page_size in any::<i32>(), token in forged_token()) {
         let named = fields(parse_list_students(page_size, &token)).expect("a forged token is refused");
-        prop_assert!(named.contains(&"page_token"));
-        prop_assert_eq!(page_size < 0, named.contains(&"page_size"));
+        prop_assert!(named.iter().any(|f| f == "page_token"));
+        prop_assert_eq!(page_size < 0, named.iter().any(|f| f == "page_size"));
     }
 
     #[test]
     fn page_sizes_are_clamped_or_refused(page_size in any::<i32>()) {
         match parse_list_students(page_size, "") {
             Ok(page) => prop_assert!(page_size >= 0 && (1..=1000).contains(&page.size)),
-            Err(err) => prop_assert_eq!(fields::<()>(Err(err)), Some(vec!["page_size"])),
+            Err(err) => prop_assert_eq!(fields::<()>(Err(err)), Some(vec!["page_size".to_owned()])),
         }
     }
 
@@ -88,6 +88,6 @@ proptest! {
         prop_assert_eq!(pair.is_none(), id > 0 && other > 0);
         let named = fields(parse_list_of("student_id", id, 1, &token, Listing::CoursesOf))
             .expect("a forged token is refused");
-        prop_assert_eq!(id <= 0, named.contains(&"student_id"));
+        prop_assert_eq!(id <= 0, named.iter().any(|f| f == "student_id"));
     }
 }

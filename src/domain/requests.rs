@@ -92,8 +92,8 @@ impl NewStudent {
     pub fn parse(name: &str, email: &str) -> Result<Self> {
         let mut checks = Checks::default();
         let student = NewStudent {
-            name: checks.take(parse_text("name", name, MAX_NAME_CHARS)),
-            email: checks.take(parse_email(email)),
+            name: checks.take(parse_name("name", name)),
+            email: checks.take(parse_email("email", email)),
         };
         checks.finish(student)
     }
@@ -114,9 +114,9 @@ pub struct NewCourse {
 impl NewCourse {
     pub fn parse(code: &str, title: &str, capacity: i32) -> Result<Self> {
         let mut checks = Checks::default();
-        let code = checks.take(parse_code(code));
-        let title = checks.take(parse_text("title", title, MAX_TITLE_CHARS));
-        let capacity = checks.take(parse_capacity(capacity));
+        let code = checks.take(parse_code("code", code));
+        let title = checks.take(parse_title("title", title));
+        let capacity = checks.take(parse_capacity("capacity", capacity));
         checks.finish(NewCourse {
             code,
             title_folded: text::fold(&title),
@@ -210,6 +210,14 @@ fn escape_like(text: &str) -> String {
     escaped
 }
 
+pub(super) fn parse_name(field: &'static str, sent: &str) -> Result<String, FieldViolation> {
+    parse_text(field, sent, MAX_NAME_CHARS)
+}
+
+pub(super) fn parse_title(field: &'static str, sent: &str) -> Result<String, FieldViolation> {
+    parse_text(field, sent, MAX_TITLE_CHARS)
+}
+
 /// Free text such as a name or title: trimmed, in NFC, 1..=max characters, something visible,
 /// no control characters. Anything else, quotes and SQL included, is kept verbatim.
 fn parse_text(field: &'static str, sent: &str, max: usize) -> Result<String, FieldViolation> {
@@ -241,7 +249,7 @@ fn parse_text(field: &'static str, sent: &str, max: usize) -> Result<String, Fie
 
 /// A course code: trimmed, normalised and upper-cased (see `text`), then 1 to 32 characters
 /// of that stored form, none of them invisible.
-fn parse_code(sent: &str) -> Result<String, FieldViolation> {
+pub(super) fn parse_code(field: &'static str, sent: &str) -> Result<String, FieldViolation> {
     let code = text::code(sent.trim());
     let chars = code.chars().count();
     if chars == 0 || chars > MAX_CODE_CHARS {
@@ -252,25 +260,25 @@ fn parse_code(sent: &str) -> Result<String, FieldViolation> {
             ""
         };
         return Err(FieldViolation::new(
-            "code",
+            field,
             format!("must be 1 to {MAX_CODE_CHARS} characters{upper_cased}, got {chars}"),
         ));
     }
     if code.chars().any(text::is_invisible) {
         return Err(FieldViolation::new(
-            "code",
+            field,
             "must not contain whitespace, control or invisible characters",
         ));
     }
     Ok(code)
 }
 
-fn parse_capacity(capacity: i32) -> Result<i32, FieldViolation> {
+pub(super) fn parse_capacity(field: &'static str, capacity: i32) -> Result<i32, FieldViolation> {
     if capacity >= 0 {
         Ok(capacity)
     } else {
         Err(FieldViolation::new(
-            "capacity",
+            field,
             format!("must be 0 (unlimited) or more, got {capacity}"),
         ))
     }
@@ -278,9 +286,9 @@ fn parse_capacity(capacity: i32) -> Result<i32, FieldViolation> {
 
 /// A plausible address: `local@domain.tld`, nothing invisible, within the lengths of RFC 5321,
 /// all checked on the stored form (normalised and case-folded, see `text`).
-fn parse_email(sent: &str) -> Result<String, FieldViolation> {
+pub(super) fn parse_email(field: &'static str, sent: &str) -> Result<String, FieldViolation> {
     let email = text::fold(sent.trim());
-    let invalid = |why: &str| Err(FieldViolation::new("email", why.to_owned()));
+    let invalid = |why: &str| Err(FieldViolation::new(field, why.to_owned()));
     if email.is_empty() {
         return invalid("must not be empty");
     }
@@ -309,9 +317,11 @@ fn parse_email(sent: &str) -> Result<String, FieldViolation> {
 mod tests {
     use super::*;
 
-    fn fields(err: Error) -> Vec<&'static str> {
+    fn fields(err: Error) -> Vec<String> {
         match err {
-            Error::InvalidArgument(violations) => violations.iter().map(|v| v.field).collect(),
+            Error::InvalidArgument(violations) => {
+                violations.iter().map(|v| v.field.to_string()).collect()
+            }
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }

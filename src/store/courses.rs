@@ -1,25 +1,38 @@
 use super::{Store, errors::is_unique_violation, first_row, with_reader, with_writer};
 use crate::{
-    domain::{Course, NewCourse, PageRequest, SearchQuery},
+    domain::{Course, CourseUpdate, Delete, NewCourse, PageRequest, SearchQuery},
     error::{Error, Resource, Result},
 };
 
 const INSERT: &str = "INSERT INTO courses (code, title, title_folded, capacity, create_time) \
     VALUES ($1, $2, $3, $4, $5) \
-    RETURNING id, code, title, capacity, enrolled, create_time";
+    RETURNING id, code, title, capacity, enrolled, create_time, revision";
+/// How often a refused update is tried again when its explanation no longer holds.
+const UPDATE_TRIES: usize = 3;
+
 const SELECT: &str =
-    "SELECT id, code, title, capacity, enrolled, create_time FROM courses WHERE id = $1";
-const SELECT_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_time FROM courses \
+    "SELECT id, code, title, capacity, enrolled, create_time, revision FROM courses WHERE id = $1";
+const SELECT_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_time, revision FROM courses \
     WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)";
 // Both patterns arrive folded and escaped (see domain::SearchQuery), so LIKE compares them as
 // plain text on both backends: case-insensitivity comes from the folding, not the dialect.
-const SEARCH_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_time FROM courses \
+const SEARCH_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_time, revision FROM courses \
     WHERE id > $1 AND (code LIKE $2 ESCAPE '\\' OR title_folded LIKE $3 ESCAPE '\\') \
     ORDER BY id LIMIT CAST($4 AS BIGINT)";
-const DELETE: &str = "DELETE FROM courses WHERE id = $1";
+// Runs only while the revision is the one the client's etag names, if it names one, and the
+// new capacity holds the students enrolled. PostgreSQL re-checks both on the latest row
+// version once it holds the row lock, the lock the seat trigger's UPDATE also takes, so no
+// enrollment on any replica can slip in between the check and the change.
+const UPDATE: &str = "UPDATE courses SET code = COALESCE($2, code), title = COALESCE($3, title), \
+    title_folded = COALESCE($4, title_folded), capacity = COALESCE($5, capacity), \
+    revision = revision + 1 \
+    WHERE id = $1 AND ($6 IS NULL OR revision = $6) AND ($5 IS NULL OR $5 = 0 OR enrolled <= $5) \
+    RETURNING id, code, title, capacity, enrolled, create_time, revision";
+const REVISION_AND_ENROLLED: &str = "SELECT revision, enrolled FROM courses WHERE id = $1";
+const DELETE: &str = "DELETE FROM courses WHERE id = $1 AND ($2 IS NULL OR revision = $2)";
 const EXISTS: &str = "SELECT id FROM courses WHERE id = $1";
 // The primary key (student_id, course_id) serves this lookup in course order.
-const SELECT_PAGE_OF_STUDENT: &str = "SELECT c.id, c.code, c.title, c.capacity, c.enrolled, c.create_time \
+const SELECT_PAGE_OF_STUDENT: &str = "SELECT c.id, c.code, c.title, c.capacity, c.enrolled, c.create_time, c.revision \
     FROM student_courses sc JOIN courses c ON c.id = sc.course_id \
     WHERE sc.student_id = $1 AND sc.course_id > $2 ORDER BY sc.course_id LIMIT CAST($3 AS BIGINT)";
 
@@ -72,9 +85,61 @@ impl Store {
         Ok(courses?)
     }
 
+    /// Changes the fields the update names, in one statement; NOT_FOUND, ETAG_MISMATCH, or
+    /// CAPACITY_BELOW_ENROLLED when the new capacity would not hold the students enrolled.
+    pub async fn update_course(&self, update: &CourseUpdate) -> Result<Course> {
+        // A refused update is explained by a second read, which a concurrent change can
+        // overtake (a seat freed, say): then the update is simply tried again.
+        for _ in 0..UPDATE_TRIES {
+            let updated = with_writer!(self, "update_course", pool => sqlx::query_as(UPDATE)
+                .bind(update.id)
+                .bind(&update.code)
+                .bind(&update.title)
+                .bind(&update.title_folded)
+                .bind(update.capacity)
+                .bind(update.expected_revision)
+                .fetch_all(pool)
+                .await
+                .map(first_row));
+            match updated {
+                Ok(Some(course)) => return Ok(course),
+                Ok(None) => {}
+                Err(err) if is_unique_violation(&err) => {
+                    return Err(Error::CourseCodeTaken(
+                        update.code.clone().unwrap_or_default(),
+                    ));
+                }
+                Err(err) => return Err(err.into()),
+            }
+            let found: Option<(i64, i32)> = with_reader!(self, "update_course", pool => sqlx::query_as(REVISION_AND_ENROLLED)
+                .bind(update.id)
+                .fetch_optional(pool)
+                .await)?;
+            let Some((revision, enrolled)) = found else {
+                return Err(Error::NotFound(Resource::Course, update.id));
+            };
+            if update
+                .expected_revision
+                .is_some_and(|expected| expected != revision)
+            {
+                return Err(Error::EtagMismatch(Resource::Course, update.id));
+            }
+            if let Some(capacity) = update.capacity.filter(|&c| c != 0 && enrolled > c) {
+                return Err(Error::CapacityBelowEnrolled {
+                    course_id: update.id,
+                    capacity,
+                    enrolled,
+                });
+            }
+        }
+        Err(Error::Conflict(
+            "the course kept changing between the update and its check".into(),
+        ))
+    }
+
     /// Deletes the course; the foreign keys cascade to its enrollments in the same statement.
-    pub async fn delete_course(&self, id: i64) -> Result<()> {
-        self.delete_by_id(DELETE, Resource::Course, id).await
+    pub async fn delete_course(&self, delete: Delete) -> Result<()> {
+        self.delete_by_id(DELETE, Resource::Course, delete).await
     }
 
     pub async fn course_exists(&self, id: i64) -> Result<bool> {

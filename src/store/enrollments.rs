@@ -3,7 +3,7 @@ use sqlx::PgPool;
 use super::{
     Store,
     errors::{is_course_full, is_foreign_key_violation},
-    first_row, observe, with_writer,
+    first_row, observe, with_reader, with_writer,
 };
 use crate::{
     domain::{Enrollment, StudentCourse},
@@ -27,7 +27,7 @@ const DELETE_AFTER_LOCKING_COURSE: &str = "WITH course AS \
 
 /// On PostgreSQL an existing pair can vanish between the INSERT that found it and the SELECT
 /// that reads it (a concurrent UnassignCourse); each such race costs one more try.
-const ASSIGN_TRIES: usize = 3;
+pub(super) const ASSIGN_TRIES: usize = 3;
 
 /// What an AssignCourse did.
 #[derive(Debug)]
@@ -77,6 +77,23 @@ impl Store {
                 Err(Error::CourseFull(pair.course_id))
             }
             Assigned::Missing => Err(self.missing(pair).await),
+        }
+    }
+
+    /// The enrollment of the pair; NOT_FOUND saying which side is missing, or NOT_ENROLLED.
+    pub async fn get_enrollment(&self, pair: StudentCourse) -> Result<Enrollment> {
+        let found: Option<i64> = with_reader!(self, "get_enrollment", pool => sqlx::query_scalar(SELECT)
+            .bind(pair.student_id)
+            .bind(pair.course_id)
+            .fetch_optional(pool)
+            .await)?;
+        match found {
+            Some(enroll_time) => Ok(Enrollment {
+                student_id: pair.student_id,
+                course_id: pair.course_id,
+                enroll_time,
+            }),
+            None => Err(self.missing(pair).await),
         }
     }
 

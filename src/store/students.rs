@@ -1,19 +1,24 @@
 use super::{Store, errors::is_unique_violation, first_row, with_reader, with_writer};
 use crate::{
-    domain::{NewStudent, PageRequest, Student},
+    domain::{Delete, NewStudent, PageRequest, Student, StudentUpdate},
     error::{Error, Resource, Result},
 };
 
 const INSERT: &str = "INSERT INTO students (name, email, create_time) VALUES ($1, $2, $3) \
-                      RETURNING id, name, email, create_time";
-const SELECT: &str = "SELECT id, name, email, create_time FROM students WHERE id = $1";
-const SELECT_PAGE: &str = "SELECT id, name, email, create_time FROM students \
+                      RETURNING id, name, email, create_time, revision";
+const SELECT: &str = "SELECT id, name, email, create_time, revision FROM students WHERE id = $1";
+const SELECT_PAGE: &str = "SELECT id, name, email, create_time, revision FROM students \
                            WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)";
-const DELETE: &str = "DELETE FROM students WHERE id = $1";
-const EXISTS: &str = "SELECT id FROM students WHERE id = $1";
+// Both run only while the revision is the one the client's etag names, if it names one.
+const UPDATE: &str = "UPDATE students \
+    SET name = COALESCE($2, name), email = COALESCE($3, email), revision = revision + 1 \
+    WHERE id = $1 AND ($4 IS NULL OR revision = $4) \
+    RETURNING id, name, email, create_time, revision";
+const DELETE: &str = "DELETE FROM students WHERE id = $1 AND ($2 IS NULL OR revision = $2)";
+pub(super) const EXISTS: &str = "SELECT id FROM students WHERE id = $1";
 // The primary key (student_id, course_id) does not serve this lookup; the index
 // student_courses_by_course (course_id, student_id) does, already in student order.
-const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time \
+const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time, s.revision \
     FROM student_courses sc JOIN students s ON s.id = sc.student_id \
     WHERE sc.course_id = $1 AND sc.student_id > $2 ORDER BY sc.student_id LIMIT CAST($3 AS BIGINT)";
 
@@ -51,10 +56,31 @@ impl Store {
         )
     }
 
+    /// Changes the fields the update names, in one statement; NOT_FOUND, or ETAG_MISMATCH when
+    /// the update names an etag that is no longer current.
+    pub async fn update_student(&self, update: &StudentUpdate) -> Result<Student> {
+        let updated = with_writer!(self, "update_student", pool => sqlx::query_as(UPDATE)
+            .bind(update.id)
+            .bind(&update.name)
+            .bind(&update.email)
+            .bind(update.expected_revision)
+            .fetch_all(pool)
+            .await
+            .map(first_row));
+        match updated {
+            Ok(Some(student)) => Ok(student),
+            Ok(None) => Err(self.gone_or_changed(Resource::Student, update.id).await),
+            Err(err) if is_unique_violation(&err) => {
+                Err(Error::EmailTaken(update.email.clone().unwrap_or_default()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Deletes the student; the foreign keys cascade to their enrollments and the seat trigger
     /// frees each seat, all in this one statement.
-    pub async fn delete_student(&self, id: i64) -> Result<()> {
-        self.delete_by_id(DELETE, Resource::Student, id).await
+    pub async fn delete_student(&self, delete: Delete) -> Result<()> {
+        self.delete_by_id(DELETE, Resource::Student, delete).await
     }
 
     pub async fn student_exists(&self, id: i64) -> Result<bool> {

@@ -169,6 +169,7 @@ async fn delete_course_removes_its_enrollments(backend: Backend) {
         .clone()
         .delete_course(pb::DeleteCourseRequest {
             course_id: engines.id,
+            ..Default::default()
         })
         .await
         .expect("DeleteCourse");
@@ -188,6 +189,7 @@ async fn delete_course_removes_its_enrollments(backend: Backend) {
         .clone()
         .delete_course(pb::DeleteCourseRequest {
             course_id: engines.id,
+            ..Default::default()
         })
         .await;
     assert_error(again, Code::NotFound, "COURSE_NOT_FOUND", "not found");

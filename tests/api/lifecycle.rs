@@ -164,6 +164,114 @@ async fn reflection_v1_and_v1alpha_describe_our_services(backend: Backend) {
     app.stop().await;
 }
 
+/// The google.rpc types our errors carry are served under googleapis' file names, by both
+/// reflection versions, and the bare names tonic-types uses are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_details_are_served_under_their_canonical_names() {
+    use v1::server_reflection_request::MessageRequest as V1Request;
+    use v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let by_symbol = |symbol: &str| V1Request::FileContainingSymbol(symbol.into());
+    for (symbol, file) in [
+        ("google.rpc.ErrorInfo", "google/rpc/error_details.proto"),
+        ("google.rpc.BadRequest", "google/rpc/error_details.proto"),
+        ("google.rpc.Status", "google/rpc/status.proto"),
+    ] {
+        let v1_files = reflect_v1(&app, by_symbol(symbol))
+            .await
+            .expect("v1 finds it");
+        assert_eq!(v1_files.first().map(String::as_str), Some(file), "{symbol}");
+        let request = AlphaRequest::FileContainingSymbol(symbol.into());
+        let alpha_files = reflect_v1alpha(&app, request)
+            .await
+            .expect("v1alpha finds it");
+        assert_eq!(
+            alpha_files.first().map(String::as_str),
+            Some(file),
+            "{symbol}"
+        );
+    }
+    let canonical = reflect_v1(
+        &app,
+        V1Request::FileByFilename("google/rpc/status.proto".into()),
+    )
+    .await;
+    assert!(canonical.is_ok(), "{canonical:?}");
+    for bare in ["status.proto", "error_details.proto"] {
+        let found = reflect_v1(&app, V1Request::FileByFilename(bare.into())).await;
+        assert!(found.is_err(), "{bare} is still served: {found:?}");
+    }
+    app.stop().await;
+}
+
+/// The names of the files a v1 reflection request returns, or the error it answers with.
+async fn reflect_v1(
+    app: &TestApp,
+    request: v1::server_reflection_request::MessageRequest,
+) -> Result<Vec<String>, String> {
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1 reflection")
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .expect("a response")
+        .map_err(|status| status.to_string())?;
+    match response.message_response {
+        Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) => {
+            Ok(file_names(&files.file_descriptor_proto))
+        }
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Like `reflect_v1`, over v1alpha (which grpcurl 1.8 speaks).
+async fn reflect_v1alpha(
+    app: &TestApp,
+    request: v1alpha::server_reflection_request::MessageRequest,
+) -> Result<Vec<String>, String> {
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .expect("a response")
+        .map_err(|status| status.to_string())?;
+    match response.message_response {
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(
+            files,
+        )) => Ok(file_names(&files.file_descriptor_proto)),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn file_names(files: &[Vec<u8>]) -> Vec<String> {
+    files
+        .iter()
+        .map(|bytes| {
+            prost::Message::decode(bytes.as_slice())
+                .map(|f: prost_types::FileDescriptorProto| f.name().to_owned())
+                .expect("descriptors decode")
+        })
+        .collect()
+}
+
 async fn migrations_apply_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;
 

@@ -108,12 +108,18 @@ async fn run_script(backend: Backend) -> Vec<String> {
             Transcript::assigned,
         );
     }
-    let request = pb::DeleteStudentRequest { student_id: cid };
+    let request = pb::DeleteStudentRequest {
+        student_id: cid,
+        ..Default::default()
+    };
     let answer = s.clone().delete_student(request).await;
     t.record("DeleteStudent Cid".into(), answer, |_, ()| String::new());
     let answer = c
         .clone()
-        .delete_course(pb::DeleteCourseRequest { course_id: gone })
+        .delete_course(pb::DeleteCourseRequest {
+            course_id: gone,
+            ..Default::default()
+        })
         .await;
     t.record("DeleteCourse GONE".into(), answer, |_, ()| String::new());
 
@@ -159,7 +165,10 @@ async fn run_script(backend: Backend) -> Vec<String> {
         });
         let answer = s
             .clone()
-            .delete_student(pb::DeleteStudentRequest { student_id })
+            .delete_student(pb::DeleteStudentRequest {
+                student_id,
+                ..Default::default()
+            })
             .await;
         t.record(format!("DeleteStudent {name}"), answer, |_, ()| {
             String::new()
@@ -183,7 +192,10 @@ async fn run_script(backend: Backend) -> Vec<String> {
         });
         let answer = c
             .clone()
-            .delete_course(pb::DeleteCourseRequest { course_id })
+            .delete_course(pb::DeleteCourseRequest {
+                course_id,
+                ..Default::default()
+            })
             .await;
         t.record(format!("DeleteCourse {name}"), answer, |_, ()| {
             String::new()

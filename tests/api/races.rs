@@ -259,7 +259,10 @@ async fn deletes_racing_enrollments_never_deadlock(backend: Backend) {
             tasks.push(tokio::spawn(async move {
                 let mut codes = Vec::new();
                 for course_id in mine {
-                    let request = pb::DeleteCourseRequest { course_id };
+                    let request = pb::DeleteCourseRequest {
+                        course_id,
+                        ..Default::default()
+                    };
                     codes.push(("DeleteCourse", code_of(client.delete_course(request).await)));
                 }
                 codes
@@ -272,7 +275,10 @@ async fn deletes_racing_enrollments_never_deadlock(backend: Backend) {
             tasks.push(tokio::spawn(async move {
                 let mut codes = Vec::new();
                 for student_id in mine {
-                    let request = pb::DeleteStudentRequest { student_id };
+                    let request = pb::DeleteStudentRequest {
+                        student_id,
+                        ..Default::default()
+                    };
                     codes.push((
                         "DeleteStudent",
                         code_of(client.delete_student(request).await),

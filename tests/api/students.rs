@@ -190,7 +190,10 @@ async fn ids_must_be_positive(backend: Backend) {
         );
         assert_error(
             students
-                .delete_student(pb::DeleteStudentRequest { student_id: id })
+                .delete_student(pb::DeleteStudentRequest {
+                    student_id: id,
+                    ..Default::default()
+                })
                 .await,
             Code::InvalidArgument,
             "INVALID_ARGUMENT",
@@ -198,7 +201,10 @@ async fn ids_must_be_positive(backend: Backend) {
         );
         assert_error(
             courses
-                .delete_course(pb::DeleteCourseRequest { course_id: id })
+                .delete_course(pb::DeleteCourseRequest {
+                    course_id: id,
+                    ..Default::default()
+                })
                 .await,
             Code::InvalidArgument,
             "INVALID_ARGUMENT",
@@ -223,7 +229,10 @@ async fn delete_student_frees_their_seats(backend: Backend) {
 
     app.students
         .clone()
-        .delete_student(pb::DeleteStudentRequest { student_id: ada.id })
+        .delete_student(pb::DeleteStudentRequest {
+            student_id: ada.id,
+            ..Default::default()
+        })
         .await
         .expect("DeleteStudent");
 
@@ -232,7 +241,10 @@ async fn delete_student_frees_their_seats(backend: Backend) {
     let again = app
         .students
         .clone()
-        .delete_student(pb::DeleteStudentRequest { student_id: ada.id })
+        .delete_student(pb::DeleteStudentRequest {
+            student_id: ada.id,
+            ..Default::default()
+        })
         .await;
     assert_error(
         again,
