@@ -114,6 +114,7 @@ impl Mask<'_> {
                     checks,
                     "\"*\" must be the only path when present".to_owned(),
                 );
+                return Vec::new();
             }
             return self.updatable.to_vec();
         }

@@ -4,6 +4,7 @@ mod helpers;
 mod process;
 mod proxy;
 
+mod batches;
 mod courses;
 mod enrollments;
 mod lifecycle;
@@ -18,3 +19,4 @@ mod startup;
 mod students;
 mod traces;
 mod unicode;
+mod updates;
