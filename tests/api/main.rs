@@ -13,6 +13,7 @@ mod pagination;
 mod parity;
 mod races;
 mod reliability;
+mod replica_races;
 mod resilience;
 mod security;
 mod startup;

@@ -35,7 +35,7 @@ on_both_backends!(
     sigterm_turns_health_off_finishes_calls_in_flight_and_exits,
 );
 
-fn env_number(name: &str, default: u64) -> u64 {
+pub(crate) fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -43,7 +43,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Every (student, course) pair the database holds.
-async fn stored_pairs(store: &Store) -> HashSet<(i64, i64)> {
+pub(crate) async fn stored_pairs(store: &Store) -> HashSet<(i64, i64)> {
     const SQL: &str = "SELECT student_id, course_id FROM student_courses";
     let rows: Vec<(i64, i64)> =
         read_with!(store, pool => sqlx::query_as(SQL).fetch_all(pool).await)
@@ -52,11 +52,11 @@ async fn stored_pairs(store: &Store) -> HashSet<(i64, i64)> {
 }
 
 /// Client `client`'s share of `ids` when `clients` split them: every `clients`-th, from its own.
-fn share_of(ids: &[i64], client: usize, clients: usize) -> Vec<i64> {
+pub(crate) fn share_of(ids: &[i64], client: usize, clients: usize) -> Vec<i64> {
     ids.iter().copied().skip(client).step_by(clients).collect()
 }
 
-async fn assert_verify_passes(store: &Store) {
+pub(crate) async fn assert_verify_passes(store: &Store) {
     let violations = store.verify().await.expect("verify runs");
     assert!(
         violations.is_empty(),
@@ -64,7 +64,10 @@ async fn assert_verify_passes(store: &Store) {
     );
 }
 
-async fn create_students(client: &mut StudentServiceClient<Channel>, count: usize) -> Vec<i64> {
+pub(crate) async fn create_students(
+    client: &mut StudentServiceClient<Channel>,
+    count: usize,
+) -> Vec<i64> {
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         let request = CreateStudentRequest {
@@ -84,7 +87,7 @@ async fn create_students(client: &mut StudentServiceClient<Channel>, count: usiz
 }
 
 /// Creates courses `PREFIX-0`, `PREFIX-1`, ... with `capacity` seats and returns their ids.
-async fn create_courses(
+pub(crate) async fn create_courses(
     client: &mut CourseServiceClient<Channel>,
     prefix: &str,
     capacity: i32,
