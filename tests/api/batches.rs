@@ -83,7 +83,7 @@ async fn a_batch_enrolls_in_every_course_in_request_order(backend: Backend) {
         .collect();
     assert_eq!(got, [(c, true), (a, true), (b, false)]);
     for result in &results {
-        let enrollment = result.enrollment.clone().expect("an enrollment");
+        let enrollment = result.enrollment.expect("an enrollment");
         assert_eq!(enrollment.student_id, student);
         assert_eq!(
             app.get_enrollment(student, enrollment.course_id)
@@ -116,7 +116,7 @@ async fn repeating_a_batch_is_ok_and_creates_nothing(backend: Backend) {
 
     assert!(again.iter().all(|r| !r.created), "{again:?}");
     let times = |results: &[pb::AssignCourseResponse]| -> Vec<_> {
-        results.iter().map(|r| r.enrollment.clone()).collect()
+        results.iter().map(|r| r.enrollment).collect()
     };
     assert_eq!(
         times(&again),
