@@ -3,7 +3,7 @@
 //! calls for) within [`STREAM_BOUND`], no stored data may change, and the service must answer
 //! normally afterwards.
 //!
-//! `HOSTILE_REQUESTS` sets the count (default 10,000, spread evenly over the 12 methods) and
+//! `HOSTILE_REQUESTS` sets the count (default 10,000, spread evenly over 14 methods: all but the two updates, whose requests nest a message) and
 //! `HOSTILE_SEED` the seed; request `i` is made from the seed and `i` alone, so a failure
 //! reproduces with the same two values whatever the scheduling.
 
@@ -58,7 +58,7 @@ struct Method {
     fields: &'static [Field],
 }
 
-const METHODS: [Method; 12] = {
+const METHODS: [Method; 14] = {
     use Field::*;
     [
         method("StudentService/CreateStudent", &[Text, Text]),
@@ -67,6 +67,9 @@ const METHODS: [Method; 12] = {
         method("StudentService/DeleteStudent", &[Id]),
         method("StudentService/AssignCourse", &[Id, Id]),
         method("StudentService/UnassignCourse", &[Id, Id]),
+        method("StudentService/GetEnrollment", &[Id, Id]),
+        // course_ids is repeated: one varint of field 2 is a list of one.
+        method("StudentService/BatchAssignCourses", &[Id, Id]),
         method("StudentService/ListCourses", &[Id, Size, Text]),
         method("CourseService/CreateCourse", &[Text, Text, Capacity]),
         method("CourseService/GetCourse", &[Id]),
