@@ -12,7 +12,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use student_service::api::pb::{
-    AssignCourseRequest, GetStudentRequest, ListCoursesRequest,
+    AssignCourseRequest, BatchAssignCoursesRequest, GetStudentRequest, ListCoursesRequest,
     student_service_client::StudentServiceClient,
 };
 use tonic::transport::Channel;
@@ -27,16 +27,25 @@ pub(crate) struct RunResult {
     pub(crate) latency: Histogram<u64>,
     /// Failed calls by status code.
     pub(crate) errors: BTreeMap<String, u64>,
+    /// Enrollments the successful calls created (AssignCourse, BatchAssignCourses).
+    pub(crate) created: u64,
 }
 
 impl RunResult {
     pub(crate) fn requests_per_second(&self) -> f64 {
         self.latency.len() as f64 / self.elapsed.as_secs_f64()
     }
+
+    pub(crate) fn enrollments_per_second(&self) -> f64 {
+        self.created as f64 / self.elapsed.as_secs_f64()
+    }
 }
 
 /// Shared by every phase so AssignCourse never repeats a pair, warm-up included.
 static NEXT_PAIR: AtomicU64 = AtomicU64::new(0);
+/// The same for BatchAssignCourses, which takes its students from the other end of the list
+/// so the two meet (and start finding pairs enrolled already) only after long runs of both.
+static NEXT_BATCH: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) async fn drive(
     rpc: Rpc,
@@ -44,8 +53,9 @@ pub(crate) async fn drive(
     data: &Arc<Seeded>,
     args: &Args,
 ) -> RunResult {
-    phase(rpc, channels, data, args.concurrency, args.warmup).await;
-    phase(rpc, channels, data, args.concurrency, args.duration).await
+    let batch = usize::from(args.batch_size);
+    phase(rpc, channels, data, args.concurrency, args.warmup, batch).await;
+    phase(rpc, channels, data, args.concurrency, args.duration, batch).await
 }
 
 async fn phase(
@@ -54,6 +64,7 @@ async fn phase(
     data: &Arc<Seeded>,
     concurrency: usize,
     length: Duration,
+    batch: usize,
 ) -> RunResult {
     let started = Instant::now();
     let deadline = started + length;
@@ -64,13 +75,17 @@ async fn phase(
                 channels[w % channels.len()].clone(),
                 data.clone(),
                 deadline,
+                batch,
             ))
         })
         .collect();
     let mut latency = new_histogram();
     let mut errors = BTreeMap::new();
+    let mut created = 0;
     for worker in workers {
-        let (histogram, worker_errors) = worker.await.expect("a load worker panicked");
+        let (histogram, worker_errors, worker_created) =
+            worker.await.expect("a load worker panicked");
+        created += worker_created;
         latency
             .add(&histogram)
             .expect("histograms have the same bounds");
@@ -83,6 +98,7 @@ async fn phase(
         elapsed: started.elapsed(),
         latency,
         errors,
+        created,
     }
 }
 
@@ -95,11 +111,13 @@ async fn worker(
     channel: Channel,
     data: Arc<Seeded>,
     deadline: Instant,
-) -> (Histogram<u64>, BTreeMap<String, u64>) {
+    batch: usize,
+) -> (Histogram<u64>, BTreeMap<String, u64>, u64) {
     let mut students = StudentServiceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     let mut latency = new_histogram();
     let mut errors = BTreeMap::new();
+    let mut created = 0;
     let mut rng = fastrand::Rng::new();
     while Instant::now() < deadline {
         let call = match rpc {
@@ -117,13 +135,13 @@ async fn worker(
                     service: String::new(),
                 })
                 .await
-                .map(drop),
+                .map(|_| 0),
             Rpc::GetStudent => {
                 let student_id = data.students[rng.usize(..data.students.len())];
                 students
                     .get_student(GetStudentRequest { student_id })
                     .await
-                    .map(drop)
+                    .map(|_| 0)
             }
             Rpc::ListCourses => {
                 let student_id = data.students[rng.usize(..data.students.len())];
@@ -132,7 +150,7 @@ async fn worker(
                     page_size: 0,
                     page_token: String::new(),
                 };
-                students.list_courses(request).await.map(drop)
+                students.list_courses(request).await.map(|_| 0)
             }
             Rpc::AssignCourse | Rpc::Mix => {
                 // Consecutive calls go to different courses: each enrollment updates its
@@ -144,16 +162,36 @@ async fn worker(
                     student_id: data.students[(n / courses) % data.students.len()],
                     course_id: data.assign_courses[n % courses],
                 };
-                students.assign_course(request).await.map(drop)
+                let answer = students.assign_course(request).await;
+                answer.map(|r| u64::from(r.into_inner().created))
+            }
+            Rpc::BatchAssignCourses => {
+                let request = next_batch(&data, batch);
+                let answer = students.batch_assign_courses(request).await;
+                answer.map(|r| r.into_inner().results.iter().filter(|r| r.created).count() as u64)
             }
         };
         match outcome {
-            Ok(()) => {
+            Ok(new) => {
+                created += new;
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 latency.saturating_record(micros.max(1));
             }
             Err(status) => *errors.entry(format!("{:?}", status.code())).or_insert(0) += 1,
         }
     }
-    (latency, errors)
+    (latency, errors, created)
+}
+
+/// The next `batch` courses of the reserved ones for one student, none enrolled before: each
+/// student's reserved courses are cut into chunks of `batch`, taken in turn.
+fn next_batch(data: &Seeded, batch: usize) -> BatchAssignCoursesRequest {
+    let n = NEXT_BATCH.fetch_add(1, Ordering::Relaxed) as usize;
+    let chunks = data.assign_courses.len() / batch;
+    let student = data.students.len() - 1 - (n / chunks) % data.students.len();
+    let first = (n % chunks) * batch;
+    BatchAssignCoursesRequest {
+        student_id: data.students[student],
+        course_ids: data.assign_courses[first..first + batch].to_vec(),
+    }
 }

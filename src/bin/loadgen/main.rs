@@ -63,6 +63,10 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     assign_courses: usize,
 
+    /// Courses per BatchAssignCourses call (1-100), all for one student and new to them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    batch_size: u16,
+
     /// PID of the server, to report its peak resident memory (VmHWM) after the run.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -75,6 +79,8 @@ enum Rpc {
     ListCourses,
     GetStudent,
     AssignCourse,
+    /// BatchAssignCourses of --batch-size new courses for one student.
+    BatchAssignCourses,
     /// 70% ListCourses, 20% GetStudent, 10% AssignCourse.
     Mix,
 }
@@ -111,9 +117,12 @@ async fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let assigns = args
         .rpc
         .iter()
-        .any(|r| matches!(r, Rpc::AssignCourse | Rpc::Mix));
-    if args.students == 0 || (assigns && args.assign_courses == 0) {
-        return Err("need --students > 0, and --assign-courses > 0 to measure AssignCourse".into());
+        .any(|r| matches!(r, Rpc::AssignCourse | Rpc::BatchAssignCourses | Rpc::Mix));
+    if args.students == 0 || (assigns && args.assign_courses < usize::from(args.batch_size)) {
+        return Err(
+            "need --students > 0, and --assign-courses >= --batch-size to measure enrollments"
+                .into(),
+        );
     }
     let channels = connect(&args.target, args.connections).await?;
     eprintln!(

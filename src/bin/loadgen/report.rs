@@ -17,19 +17,26 @@ pub(crate) fn line(result: &RunResult, ceiling: Option<f64>) -> String {
             .map(|(code, n)| format!("{code}={n}"))
             .collect();
         return format!(
-            "{name:<13} FAILED: {} ok, errors {} (no throughput figure for a run with errors)",
+            "{name:<18} FAILED: {} ok, errors {} (no throughput figure for a run with errors)",
             result.latency.len(),
             errors.join(" ")
         );
     }
     let rps = result.requests_per_second();
     let ratio = ceiling.map_or("-".to_owned(), |c| format!("{:.0}%", 100.0 * rps / c));
+    let enrollments = match result.rpc {
+        Rpc::AssignCourse | Rpc::BatchAssignCourses | Rpc::Mix => {
+            format!("{:.0}", result.enrollments_per_second())
+        }
+        _ => "-".to_owned(),
+    };
     let h = &result.latency;
     format!(
-        "{name:<13} {:>9} {:>9.0} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "{name:<18} {:>9} {:>9.0} {:>6} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8}",
         h.len(),
         rps,
         ratio,
+        enrollments,
         millis(h.value_at_quantile(0.50)),
         millis(h.value_at_quantile(0.90)),
         millis(h.value_at_quantile(0.99)),
@@ -51,8 +58,8 @@ pub(crate) fn table(results: &[RunResult], args: &Args) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<13} {:>9} {:>9} {:>6} {:>7} {:>7} {:>7} {:>7} {:>8}",
-        "rpc", "requests", "req/s", "ratio", "p50", "p90", "p99", "p99.9", "max"
+        "{:<18} {:>9} {:>9} {:>6} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "rpc", "requests", "req/s", "ratio", "enroll/s", "p50", "p90", "p99", "p99.9", "max"
     );
     for result in results {
         let _ = writeln!(out, "{}", line(result, ceiling));
