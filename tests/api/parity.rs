@@ -146,6 +146,183 @@ async fn run_script(backend: Backend) -> Vec<String> {
         }
     }
 
+    // Batches (the table above left nobody enrolled): one that succeeds, then a full course,
+    // missing courses outranking full ones, a deleted or unknown student, invalid ids, a repeat.
+    let batches = [
+        (ada, vec![full, free]),
+        (bob, vec![free, full]),
+        (bob, vec![gone, free, UNKNOWN, full]),
+        (cid, vec![free]),
+        (UNKNOWN, vec![UNKNOWN]),
+        (bob, vec![0, free, free]),
+        (bob, vec![any, free]),
+        (bob, vec![free, any]),
+    ];
+    for (student_id, course_ids) in batches {
+        let names: Vec<String> = course_ids.iter().map(|&id| t.course_name(id)).collect();
+        let request = format!(
+            "BatchAssignCourses student {} courses {names:?}",
+            t.student_name(student_id)
+        );
+        let answer = s
+            .clone()
+            .batch_assign_courses(pb::BatchAssignCoursesRequest {
+                student_id,
+                course_ids,
+            })
+            .await;
+        t.record(request, answer, |t, r| {
+            let results: Vec<String> = r.results.into_iter().map(|r| t.assigned(r)).collect();
+            format!("{results:?}")
+        });
+    }
+    for (student_id, course_id) in [(bob, free), (bob, full), (cid, free), (bob, gone), (0, 0)] {
+        let request = pb::GetEnrollmentRequest {
+            student_id,
+            course_id,
+        };
+        let answer = s.clone().get_enrollment(request).await;
+        let request = t.on_pair("GetEnrollment", student_id, course_id);
+        t.record(request, answer, |t, e| {
+            format!(
+                "student {} course {}",
+                t.student_name(e.student_id),
+                t.course_name(e.course_id)
+            )
+        });
+    }
+
+    // Updates: each refusal, then the same update again once its etag is stale.
+    let read = c
+        .clone()
+        .get_course(pb::GetCourseRequest { course_id: free })
+        .await;
+    let etag = read.expect("GetCourse FREE").into_inner().etag;
+    let course_updates = [
+        (
+            "capacity 1 (2 enrolled)",
+            pb::Course {
+                id: free,
+                capacity: 1,
+                ..Default::default()
+            },
+            "capacity",
+        ),
+        (
+            "code taken",
+            pb::Course {
+                id: free,
+                code: "any".into(),
+                ..Default::default()
+            },
+            "code",
+        ),
+        (
+            "deleted course",
+            pb::Course {
+                id: gone,
+                title: "T".into(),
+                ..Default::default()
+            },
+            "",
+        ),
+        (
+            "output-only path",
+            pb::Course {
+                id: free,
+                ..Default::default()
+            },
+            "enrolled",
+        ),
+        (
+            "title, etag current",
+            pb::Course {
+                id: free,
+                title: "Freedom".into(),
+                etag: etag.clone(),
+                ..Default::default()
+            },
+            "title",
+        ),
+        (
+            "title, etag stale",
+            pb::Course {
+                id: free,
+                title: "Again".into(),
+                etag,
+                ..Default::default()
+            },
+            "title",
+        ),
+        (
+            "unlimited",
+            pb::Course {
+                id: free,
+                ..Default::default()
+            },
+            "capacity",
+        ),
+    ];
+    for (what, course, path) in course_updates {
+        let request = pb::UpdateCourseRequest {
+            course: Some(course),
+            update_mask: Some(prost_types::FieldMask {
+                paths: [path]
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect(),
+            }),
+        };
+        let answer = c.clone().update_course(request).await;
+        t.record(
+            format!("UpdateCourse FREE {what}"),
+            answer,
+            Transcript::course,
+        );
+    }
+    let student_updates = [
+        (
+            "email taken",
+            pb::Student {
+                id: bob,
+                email: "ADA@example.com".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "deleted student",
+            pb::Student {
+                id: cid,
+                name: "Cid".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "nothing set",
+            pb::Student {
+                id: bob,
+                ..Default::default()
+            },
+        ),
+        (
+            "name",
+            pb::Student {
+                id: bob,
+                name: " Robert ".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, student) in student_updates {
+        let request = pb::UpdateStudentRequest {
+            student: Some(student),
+            update_mask: None,
+        };
+        let answer = s.clone().update_student(request).await;
+        t.record(format!("UpdateStudent {what}"), answer, Transcript::student);
+    }
+
     // Reads and deletes of what exists, what is gone, what never existed, and invalid ids.
     for student_id in [ada, cid, UNKNOWN, -1] {
         let name = t.student_name(student_id);
@@ -279,6 +456,36 @@ fn assert_contract(lines: &[String]) {
         "UnassignCourse student Bob course FULL",
         "NOT_FOUND NOT_ENROLLED",
     );
+    expect(
+        "BatchAssignCourses student Bob courses [\"FREE\", \"FULL\"]",
+        "FAILED_PRECONDITION COURSE_FULL (school.v1) {\"course_ids\": \"FULL\"}",
+    );
+    expect(
+        "BatchAssignCourses student Bob courses [\"GONE\", \"FREE\", \"999999\", \"FULL\"]",
+        "NOT_FOUND COURSE_NOT_FOUND (school.v1) {\"course_ids\": \"GONE,999999\"}",
+    );
+    expect(
+        "BatchAssignCourses student Cid",
+        "NOT_FOUND STUDENT_NOT_FOUND",
+    );
+    expect(
+        "BatchAssignCourses student Bob courses [\"FREE\", \"ANY\"]",
+        "created=false",
+    );
+    expect(
+        "GetEnrollment student Bob course FULL",
+        "NOT_FOUND NOT_ENROLLED",
+    );
+    expect("UpdateCourse FREE capacity 1", "CAPACITY_BELOW_ENROLLED");
+    expect(
+        "UpdateCourse FREE title, etag stale",
+        "FAILED_PRECONDITION ETAG_MISMATCH",
+    );
+    expect(
+        "UpdateCourse FREE deleted course",
+        "NOT_FOUND COURSE_NOT_FOUND",
+    );
+    expect("UpdateStudent email taken", "ALREADY_EXISTS EMAIL_TAKEN");
 }
 
 fn pair(student_id: i64, course_id: i64) -> pb::AssignCourseRequest {
@@ -352,20 +559,38 @@ impl Transcript {
         match (key, id) {
             ("student_id", Some(id)) => self.student_name(id),
             ("course_id", Some(id)) => self.course_name(id),
+            ("course_ids", _) => {
+                let names: Vec<String> = value
+                    .split(',')
+                    .map(|id| {
+                        id.parse()
+                            .map_or_else(|_| id.to_owned(), |id| self.course_name(id))
+                    })
+                    .collect();
+                names.join(",")
+            }
             _ => value.to_owned(),
         }
     }
 
-    /// `student 12 is not enrolled in course 7` -> `student Bob is not enrolled in course FREE`.
+    /// `student 12 is not enrolled in course 7` -> `student Bob is not enrolled in course FREE`;
+    /// `courses 4, 9 are full` -> `courses GONE, FULL are full`.
     fn text(&self, message: &str) -> String {
         let mut words: Vec<String> = Vec::new();
+        let (mut previous, mut in_courses) = ("", false);
         for word in message.split(' ') {
-            let id = word.parse::<i64>().ok();
-            let named = match (words.last().map(String::as_str), id) {
-                (Some("student"), Some(id)) => self.student_name(id),
-                (Some("course"), Some(id)) => self.course_name(id),
+            let (bare, comma) = word
+                .strip_suffix(',')
+                .map_or((word, ""), |bare| (bare, ","));
+            let id = bare.parse::<i64>().ok();
+            let named = match (previous, id) {
+                ("student", Some(id)) => self.student_name(id),
+                ("course", Some(id)) => self.course_name(id),
+                (_, Some(id)) if in_courses => format!("{}{comma}", self.course_name(id)),
                 _ => word.to_owned(),
             };
+            in_courses = word == "courses" || (in_courses && id.is_some());
+            previous = word;
             words.push(named);
         }
         words.join(" ")
