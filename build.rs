@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "school/v1/resources.proto",
     "school/v1/student_service.proto",
     "school/v1/course_service.proto",
+    "school/v1/enrollment_event_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

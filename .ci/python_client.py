@@ -24,7 +24,7 @@ from grpc_tools import protoc
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PROTOS = ["school/v1/resources.proto", "school/v1/student_service.proto",
-          "school/v1/course_service.proto"]
+          "school/v1/course_service.proto", "school/v1/enrollment_event_service.proto"]
 
 
 def generate(out_dir):

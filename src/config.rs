@@ -80,6 +80,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, hide_env_values = true)]
     pub request_timeout: Duration,
 
+    /// While a WatchEnrollmentEvents stream has nothing to send, a response with no events (and
+    /// the head sequence) goes out this often, so the watcher knows it is alive and current.
+    #[arg(long, env = "WATCH_HEARTBEAT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
+    pub watch_heartbeat: Duration,
+
     /// Calls served at once across all connections; one more fails at once with
     /// RESOURCE_EXHAUSTED. Health checks are not counted.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]

@@ -68,6 +68,20 @@ pub enum Error {
     #[error("{0} {1} has changed since the etag was read: read it again and retry")]
     EtagMismatch(Resource, i64),
 
+    /// A watch asked for events after a sequence no event has yet.
+    #[error(
+        "after_sequence {after} is beyond the newest event, {head}: watch from a sequence you \
+         received, or 0"
+    )]
+    SequenceInFuture { after: i64, head: i64 },
+
+    /// A watch asked for events that retention has already deleted.
+    #[error(
+        "the events after the requested sequence were deleted by retention; the oldest kept is \
+         {oldest}: list the current state again and watch from the head"
+    )]
+    EventsCompacted { oldest: i64 },
+
     /// UpdateCourse would set the capacity below the students already enrolled.
     #[error(
         "course {course_id} has {enrolled} students enrolled, more than the new capacity of \

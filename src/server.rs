@@ -15,12 +15,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{
-        CourseApi, StudentApi,
+        CourseApi, EventApi, StudentApi,
         end_streams::EndOnShutdown,
         limits::CallLimitsLayer,
         observe::ObserveLayer,
         pb::{
             self, course_service_server::CourseServiceServer,
+            enrollment_event_service_server::EnrollmentEventServiceServer,
             student_service_server::StudentServiceServer,
         },
     },
@@ -29,7 +30,12 @@ use crate::{
 };
 
 /// The names health reports on: the whole server and each of our services.
-const HEALTH_NAMES: [&str; 3] = ["", "school.v1.StudentService", "school.v1.CourseService"];
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    "school.v1.StudentService",
+    "school.v1.CourseService",
+    "school.v1.EnrollmentEventService",
+];
 
 /// The largest request message our services decode (tonic's default is 4 MiB). A valid request is
 /// a few hundred bytes (200-character names, 254-byte emails); anything bigger is refused with
@@ -54,6 +60,8 @@ pub struct ServerSettings {
     /// HTTP/2 streams a client may open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
     /// a client queues the rest itself.
     pub max_concurrent_streams: u32,
+    /// How often an idle WatchEnrollmentEvents stream gets a heartbeat.
+    pub watch_heartbeat: Duration,
     /// TLS and token authentication; off by default.
     pub security: Security,
 }
@@ -66,6 +74,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 1024,
             max_concurrent_streams: 128,
+            watch_heartbeat: Duration::from_secs(10),
             security: Security::default(),
         }
     }
@@ -97,6 +106,13 @@ pub async fn serve(
         settings.health_interval,
     ));
 
+    let (head, head_seen) = watch::channel(0);
+    let follower = tokio::spawn(crate::store::follow_head(
+        store.clone(),
+        head,
+        head_poll_interval(&store),
+    ));
+
     let draining = Arc::new(Notify::new());
     let (end_streams, streams_signal) = watch::channel(false);
     let stop_accepting = {
@@ -105,6 +121,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
             stop_probe(probe).await;
+            stop_probe(follower).await;
             set_health(&reporter, ServingStatus::NotServing).await;
             end_streams.send_replace(true);
             draining.notify_one();
@@ -149,7 +166,19 @@ pub async fn serve(
         .add_service(InterceptedService::new(
             CourseServiceServer::new(CourseApi::new(store.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            authenticate,
+            authenticate.clone(),
+        ))
+        .add_service(EndOnShutdown::new(
+            InterceptedService::new(
+                EnrollmentEventServiceServer::new(EventApi::new(
+                    store.clone(),
+                    head_seen,
+                    settings.watch_heartbeat,
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                authenticate,
+            ),
+            streams_signal.clone(),
         ))
         .add_service(EndOnShutdown::new(health_service, streams_signal))
         .add_service(InterceptedService::new(
@@ -225,6 +254,15 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for name in HEALTH_NAMES {
         reporter.set_service_status(name, status).await;
         metrics::gauge!("student_service_health_status", "service" => name).set(serving);
+    }
+}
+
+/// How often the server looks for new events to wake its watchers: within the 100 ms an event
+/// may take to reach a watcher on SQLite; on PostgreSQL this also paces the sequencer.
+fn head_poll_interval(store: &Store) -> Duration {
+    match store {
+        Store::Sqlite { .. } => Duration::from_millis(20),
+        Store::Postgres(_) => Duration::from_millis(100),
     }
 }
 

@@ -3,7 +3,10 @@
 use prost_types::Timestamp;
 
 use super::pb;
-use crate::domain::{Course, Enrollment, Student, etag};
+use crate::{
+    domain::{Course, Enrollment, Student, etag},
+    store::Event,
+};
 
 fn timestamp(micros: i64) -> Option<Timestamp> {
     Some(Timestamp {
@@ -45,6 +48,21 @@ impl From<Enrollment> for pb::Enrollment {
             student_id: e.student_id,
             course_id: e.course_id,
             enroll_time: timestamp(e.enroll_time),
+        }
+    }
+}
+
+impl From<Event> for pb::EnrollmentEvent {
+    fn from(e: Event) -> Self {
+        pb::EnrollmentEvent {
+            id: e.id,
+            sequence: e.sequence,
+            r#type: e.kind,
+            cause: e.cause,
+            student_id: e.student_id,
+            course_id: e.course_id,
+            enroll_time: timestamp(e.enroll_time),
+            event_time: timestamp(e.event_time),
         }
     }
 }

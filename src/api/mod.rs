@@ -3,6 +3,7 @@
 mod convert;
 mod courses;
 pub mod end_streams;
+mod events;
 pub mod limits;
 pub mod observe;
 mod rpc;
@@ -13,6 +14,7 @@ mod students;
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
 pub use courses::CourseApi;
+pub use events::EventApi;
 pub use students::StudentApi;
 
 /// The code generated from `proto/school/v1`.

@@ -49,6 +49,10 @@ const RPCS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "school.v1.EnrollmentEventService",
+        &[("WatchEnrollmentEvents", SERVER_STREAM)],
+    ),
+    (
         "grpc.health.v1.Health",
         &[("Check", UNARY), ("Watch", SERVER_STREAM)],
     ),

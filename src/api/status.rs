@@ -95,6 +95,16 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
                 ("enrolled", enrolled.to_string()),
             ]),
         ),
+        Error::SequenceInFuture { head, .. } => (
+            Code::OutOfRange,
+            "SEQUENCE_IN_FUTURE",
+            meta(&[("head_sequence", head.to_string())]),
+        ),
+        Error::EventsCompacted { oldest } => (
+            Code::OutOfRange,
+            "EVENTS_COMPACTED",
+            meta(&[("oldest_sequence", oldest.to_string())]),
+        ),
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),

@@ -1,6 +1,7 @@
 //! The rules of the service: what a valid request is, the records it deals in, and paging.
 //! Nothing here knows about gRPC or SQL.
 
+mod events;
 mod page;
 #[cfg(test)]
 mod proptests;
@@ -8,6 +9,7 @@ mod requests;
 mod text;
 mod updates;
 
+pub use events::{EventFilter, parse_watch};
 pub use page::{Listing, Page, PageRequest};
 pub use requests::{
     NewCourse, NewStudent, SearchQuery, StudentCourse, parse_list_of, parse_list_students,

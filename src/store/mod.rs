@@ -23,6 +23,7 @@ mod checkpoint;
 mod courses;
 mod enrollments;
 mod errors;
+mod events;
 mod group_commit;
 mod migrate;
 mod observe;
@@ -37,6 +38,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use sqlx::{PgPool, SqlitePool};
 
 pub use checkpoint::Checkpointer;
+pub use events::{Event, EventRange, follow_head};
 pub use group_commit::Assigner;
 pub use migrate::Applied;
 pub use redact::redact;

@@ -1,0 +1,189 @@
+//! Enrollment events: reading the outbox the migrations' triggers fill, and, on PostgreSQL,
+//! numbering it.
+//!
+//! On SQLite the triggers number each event as they write it (one writer: commit order). On
+//! PostgreSQL rows arrive unnumbered and the sequencer numbers them (migrations/postgres/0005
+//! says why): one replica at a time, the one holding a session advisory lock on a connection of
+//! its own; when that replica dies its session ends, the lock is free, and another takes over at
+//! its next tick.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use super::{Store, with_reader};
+use crate::{domain::EventFilter, error::Result};
+
+/// One stored event, numbered.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Event {
+    pub sequence: i64,
+    pub id: String,
+    /// 1 CREATED, 2 DELETED.
+    pub kind: i32,
+    /// 0 none, 1 UNASSIGNED, 2 STUDENT_DELETED, 3 COURSE_DELETED.
+    pub cause: i32,
+    pub student_id: i64,
+    pub course_id: i64,
+    pub enroll_time: i64,
+    pub event_time: i64,
+}
+
+/// The numbered range the outbox holds: events `oldest..=head` (none when `oldest > head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRange {
+    pub oldest: i64,
+    pub head: i64,
+}
+
+const EVENTS_AFTER: &str = "SELECT sequence, CAST(id AS TEXT) AS id, CAST(type AS INTEGER) AS kind, \
+    CAST(cause AS INTEGER) AS cause, student_id, course_id, enroll_time, event_time \
+    FROM enrollment_events \
+    WHERE sequence > $1 AND sequence <= $2 AND ($3 = 0 OR student_id = $3) AND ($4 = 0 OR course_id = $4) \
+    ORDER BY sequence LIMIT CAST($5 AS BIGINT)";
+const OLDEST: &str = "SELECT MIN(sequence) FROM enrollment_events";
+// The last number handed out, which retention never takes back.
+const HEAD_SQLITE: &str =
+    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'enrollment_events'), 0)";
+const HEAD_POSTGRES: &str = "SELECT last_sequence FROM enrollment_event_sequencer";
+
+/// Any number that names this lock among the database's advisory locks.
+const SEQUENCER_LOCK: i64 = 0x5343_484f_4f4c_5631; // "SCHOOLV1"
+/// Rows numbered per statement; the sequencer loops until fewer are left.
+const SEQUENCER_BATCH: i64 = 1000;
+// Numbers, in (xid, position) order, the rows of transactions older than every one still
+// running (see the migration), and moves the counter past them, in one statement.
+const NUMBER_READY: &str = "WITH ready AS ( \
+        SELECT position, row_number() OVER (ORDER BY xid, position) AS n FROM enrollment_events \
+        WHERE sequence IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+        ORDER BY xid, position LIMIT $1 \
+    ), counter AS ( \
+        UPDATE enrollment_event_sequencer SET last_sequence = last_sequence + (SELECT count(*) FROM ready) \
+        RETURNING last_sequence - (SELECT count(*) FROM ready) AS base \
+    ) \
+    UPDATE enrollment_events e SET sequence = counter.base + ready.n \
+    FROM ready, counter WHERE e.position = ready.position";
+
+impl Store {
+    /// Up to `limit` events with a sequence in `(after, up_to]` that pass `filter`, in order.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        up_to: i64,
+        filter: EventFilter,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
+        Ok(
+            with_reader!(self, "watch_events", pool => sqlx::query_as(EVENTS_AFTER)
+            .bind(after)
+            .bind(up_to)
+            .bind(filter.student_id)
+            .bind(filter.course_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?,
+        )
+    }
+
+    /// The numbered events the outbox holds now.
+    pub async fn event_range(&self) -> Result<EventRange> {
+        let head = self.event_head().await?;
+        let oldest: Option<i64> = with_reader!(self, "watch_events", pool => sqlx::query_scalar(OLDEST).fetch_one(pool).await)?;
+        Ok(EventRange {
+            oldest: oldest.unwrap_or(head + 1),
+            head,
+        })
+    }
+
+    /// The newest sequence handed out (0 before the first event).
+    pub async fn event_head(&self) -> Result<i64> {
+        let head = match self {
+            Store::Sqlite { .. } => HEAD_SQLITE,
+            Store::Postgres(_) => HEAD_POSTGRES,
+        };
+        Ok(
+            with_reader!(self, "watch_events", pool => sqlx::query_scalar(head).fetch_one(pool).await)?,
+        )
+    }
+}
+
+/// Keeps `head` at the newest sequence, polling every `interval`; on PostgreSQL it also
+/// numbers new events while this replica holds the sequencer lock. Runs until `head` has no
+/// receivers left and the store is closed.
+pub async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Duration) {
+    let mut sequencer = Sequencer::default();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Store::Postgres(pool) = &store {
+            sequencer.run(pool).await;
+        }
+        match store.event_head().await {
+            Ok(sequence) => {
+                head.send_if_modified(|current| {
+                    let newer = sequence > *current;
+                    if newer {
+                        *current = sequence;
+                    }
+                    newer
+                });
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot read the event head"),
+        }
+    }
+}
+
+/// This replica's claim on numbering PostgreSQL's events.
+#[derive(Default)]
+struct Sequencer {
+    /// The connection whose session holds the advisory lock; none while another replica has it.
+    holder: Option<PgConnection>,
+}
+
+impl Sequencer {
+    /// Numbers what is ready, taking the lock first if no replica holds it.
+    async fn run(&mut self, pool: &PgPool) {
+        if self.holder.is_none() {
+            self.holder = claim(pool).await;
+        }
+        let Some(connection) = self.holder.as_mut() else {
+            return;
+        };
+        loop {
+            let numbered = sqlx::query(NUMBER_READY)
+                .bind(SEQUENCER_BATCH)
+                .execute(&mut *connection)
+                .await;
+            match numbered {
+                Ok(done) if (done.rows_affected() as i64) < SEQUENCER_BATCH => return,
+                Ok(_) => {}
+                Err(err) => {
+                    // The session (and with it the lock) may be gone: claim again next tick.
+                    tracing::warn!(error = %err, "event sequencer failed; claiming the lock again");
+                    self.holder = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A connection holding the sequencer lock, or none if another session holds it.
+async fn claim(pool: &PgPool) -> Option<PgConnection> {
+    let mut connection = pool.acquire().await.ok()?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SEQUENCER_LOCK)
+        .fetch_one(&mut *connection)
+        .await
+        .ok()?;
+    if locked {
+        tracing::info!("this replica numbers enrollment events (sequencer lock taken)");
+        // Out of the pool for good (the pool opens another in its place, and closing the pool
+        // does not wait for it): the lock lives as long as this session.
+        Some(connection.detach())
+    } else {
+        None
+    }
+}
