@@ -7,6 +7,7 @@ mod proxy;
 mod batches;
 mod courses;
 mod enrollments;
+mod events;
 mod lifecycle;
 mod metrics;
 mod pagination;
