@@ -141,7 +141,7 @@ async fn every_change_makes_exactly_its_events(backend: Backend) {
     };
     app.students
         .clone()
-        .unassign_course(unassign.clone())
+        .unassign_course(unassign)
         .await
         .expect("an event");
     app.students
