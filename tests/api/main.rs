@@ -7,6 +7,7 @@ mod proxy;
 mod batches;
 mod courses;
 mod enrollments;
+mod event_sequencing;
 mod events;
 mod lifecycle;
 mod metrics;
