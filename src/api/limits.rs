@@ -7,12 +7,14 @@
 //! expired"), where the gRPC spec says DEADLINE_EXCEEDED; this layer's timer is created first,
 //! inside tonic's, for the same or an earlier instant, so it fires first and its answer is the
 //! one sent. A deadline covers reading the request, so a client that never finishes sending its
-//! body is cut off too. For streaming responses (health `Watch`, reflection) it covers only the
-//! start of the response, as in tonic.
+//! body is cut off too. For streaming responses (`WatchEnrollmentEvents`, health `Watch`,
+//! reflection) it covers only the start of the response, as in tonic: a stream the client wants
+//! open stays open, and the client ends it (or sets a deadline, which its gRPC library enforces).
 //!
 //! **Calls in flight.** At most `max_in_flight` calls run at once across all connections; one
 //! more is refused at once with RESOURCE_EXHAUSTED, before its body is read, so memory stays
-//! bounded however many clients pile on. Calls already admitted queue for a database connection
+//! bounded however many clients pile on. A call counts until its response body has ended, so an
+//! open stream counts for as long as it is open. Calls already admitted queue for a database connection
 //! and get UNAVAILABLE after the pool's acquire timeout. Health checks are exempt: a probe must
 //! not fail because the server is busy serving.
 
@@ -23,7 +25,11 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
-use tokio::{sync::Semaphore, time::Instant};
+use http_body::{Body, Frame, SizeHint};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -75,9 +81,9 @@ where
     S::Error: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<HeldBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+    type Future = BoxFuture<Result<Response<HeldBody<ResBody>>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -91,7 +97,9 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     let refused = answer(Error::Overloaded(self.limits.max_in_flight));
-                    return Box::pin(std::future::ready(Ok(refused)));
+                    return Box::pin(std::future::ready(Ok(
+                        refused.map(|body| HeldBody { body, permit: None })
+                    )));
                 }
             }
         };
@@ -103,15 +111,59 @@ where
         let deadline = Instant::now().checked_add(timeout);
         let response = self.inner.call(request);
         Box::pin(async move {
-            let _permit = permit;
-            let Some(deadline) = deadline else {
-                return response.await;
+            let answered = match deadline {
+                None => response.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
+                    Ok(response) => response,
+                    Err(_) => Ok(answer(Error::DeadlineExceeded(timeout))),
+                },
             };
-            match tokio::time::timeout_at(deadline, response).await {
-                Ok(response) => response,
-                Err(_) => Ok(answer(Error::DeadlineExceeded(timeout))),
-            }
+            answered.map(|response| response.map(|body| HeldBody { body, permit }))
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call's in-flight permit until the body ends (or is
+    /// dropped): a stream counts toward the limit for as long as it is open.
+    pub struct HeldBody<B> {
+        #[pin]
+        body: B,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<B: Default> Default for HeldBody<B> {
+    fn default() -> Self {
+        HeldBody {
+            body: B::default(),
+            permit: None,
+        }
+    }
+}
+
+impl<B: Body> Body for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.permit.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -401,6 +401,57 @@ async fn shutdown_ends_the_stream_unavailable(backend: Backend) {
     );
 }
 
+/// A stream holds its place among the calls in flight until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_count_toward_the_in_flight_limit() {
+    let settings = ServerSettings {
+        max_in_flight: 2,
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_on(TestDatabase::create(&Backend::Sqlite).await, settings).await;
+    let first = app.watch(0).await.expect("the first stream");
+    let second = app.watch(0).await.expect("the second stream");
+
+    assert_error(
+        app.courses
+            .clone()
+            .get_course(pb::GetCourseRequest { course_id: 1 })
+            .await,
+        Code::ResourceExhausted,
+        "OVERLOADED",
+        "2 calls in flight",
+    );
+
+    drop(first);
+    // The server sees the stream reset a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = app
+            .courses
+            .clone()
+            .get_course(pb::GetCourseRequest { course_id: 1 })
+            .await;
+        match answer {
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => {
+                let status = other.expect_err("no such course");
+                assert_eq!(
+                    status.code(),
+                    Code::NotFound,
+                    "a place came free: {status:?}"
+                );
+                break;
+            }
+        }
+    }
+    drop(second);
+    app.stop().await;
+}
+
 fn metadata(status: &Status, key: &str) -> String {
     use tonic_types::StatusExt;
     let details = status.get_error_details();
