@@ -85,6 +85,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WATCH_HEARTBEAT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
     pub watch_heartbeat: Duration,
 
+    /// Enrollment events older than this are deleted (in small batches, oldest first); a
+    /// watcher asking for them gets OUT_OF_RANGE EVENTS_COMPACTED.
+    #[arg(long, env = "EVENTS_RETENTION", default_value = "7d", value_parser = parse_duration, hide_env_values = true)]
+    pub events_retention: Duration,
+
     /// Calls served at once across all connections; one more fails at once with
     /// RESOURCE_EXHAUSTED. Health checks are not counted.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
@@ -149,7 +154,7 @@ impl Cli {
     }
 }
 
-/// `250ms`, `3s` or `2m`.
+/// `250ms`, `3s`, `2m`, `6h` or `7d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -163,6 +168,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        "d" => Ok(Duration::from_secs(number * 86_400)),
         _ => Err(format!(
             "{text:?} is not a duration such as 500ms, 3s or 1m"
         )),
@@ -177,6 +184,7 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("3 parsecs").is_err());
     }
 }

@@ -101,6 +101,10 @@ pub enum Error {
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
 
+    /// The server is shutting down; the call can be made again (on another replica).
+    #[error("the server is shutting down; call again")]
+    ShuttingDown,
+
     /// The call did not finish before its deadline: the client's `grpc-timeout` or the server's
     /// `--request-timeout`, whichever is shorter. The handler was dropped at that moment.
     #[error("the call did not finish within its deadline of {0:?}")]

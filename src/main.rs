@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 max_in_flight: cli.serve.max_in_flight as usize,
                 max_concurrent_streams: cli.serve.max_concurrent_streams,
                 watch_heartbeat: cli.serve.watch_heartbeat,
+                events_retention: cli.serve.events_retention,
                 security,
             };
             server::serve(listener, store, settings, shutdown_signal()).await?;

@@ -62,6 +62,8 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// How often an idle WatchEnrollmentEvents stream gets a heartbeat.
     pub watch_heartbeat: Duration,
+    /// How long enrollment events are kept.
+    pub events_retention: Duration,
     /// TLS and token authentication; off by default.
     pub security: Security,
 }
@@ -75,6 +77,7 @@ impl Default for ServerSettings {
             max_in_flight: 1024,
             max_concurrent_streams: 128,
             watch_heartbeat: Duration::from_secs(10),
+            events_retention: Duration::from_secs(7 * 86_400),
             security: Security::default(),
         }
     }
@@ -113,6 +116,11 @@ pub async fn serve(
         head_poll_interval(&store),
     ));
 
+    let retention = tokio::spawn(crate::store::retain_events(
+        store.clone(),
+        settings.events_retention,
+    ));
+
     let draining = Arc::new(Notify::new());
     let (end_streams, streams_signal) = watch::channel(false);
     let stop_accepting = {
@@ -121,9 +129,10 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
             stop_probe(probe).await;
-            stop_probe(follower).await;
             set_health(&reporter, ServingStatus::NotServing).await;
             end_streams.send_replace(true);
+            stop_probe(follower).await;
+            stop_probe(retention).await;
             draining.notify_one();
         }
     };

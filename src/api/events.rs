@@ -109,7 +109,11 @@ impl EventApi {
             cursor = cursor.max(head);
             let heartbeat = last_sent + self.heartbeat;
             tokio::select! {
-                changed = self.head.changed() => if changed.is_err() { return },
+                changed = self.head.changed() => if changed.is_err() {
+                    // The head follower stops only when the server does.
+                    let _ = sender.send(Err(Error::ShuttingDown.into())).await;
+                    return;
+                },
                 () = tokio::time::sleep_until(heartbeat) => {
                     if !self.send(&sender, Vec::new(), head).await {
                         return;

@@ -108,6 +108,7 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
+        Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", HashMap::new()),
         Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new()),
         Error::Overloaded(limit) => (
             Code::ResourceExhausted,

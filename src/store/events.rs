@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
-use super::{Store, with_reader};
+use super::{Store, with_reader, with_writer};
 use crate::{domain::EventFilter, error::Result};
 
 /// One stored event, numbered.
@@ -105,6 +105,73 @@ impl Store {
         Ok(
             with_reader!(self, "watch_events", pool => sqlx::query_scalar(head).fetch_one(pool).await)?,
         )
+    }
+}
+
+/// Events deleted per statement by retention.
+const RETENTION_BATCH: i64 = 1000;
+const OLDEST_EVENTS: &str = "SELECT sequence, event_time, CAST(published AS INTEGER) \
+    FROM enrollment_events WHERE sequence IS NOT NULL ORDER BY sequence LIMIT CAST($1 AS BIGINT)";
+const DELETE_EVENTS: &str = "DELETE FROM enrollment_events WHERE sequence >= $1 AND sequence <= $2";
+
+impl Store {
+    /// Deletes up to `limit` of the oldest events that are older than `cutoff` (microseconds)
+    /// and, when `published_only`, acknowledged by the broker. It stops at the first event that
+    /// must stay, so the events kept are always one range with no hole a watcher could fall
+    /// through. Returns how many it deleted.
+    pub async fn delete_old_events(
+        &self,
+        cutoff: i64,
+        published_only: bool,
+        limit: i64,
+    ) -> Result<u64> {
+        let oldest: Vec<(i64, i64, i32)> = with_reader!(self, "retain_events", pool => sqlx::query_as(OLDEST_EVENTS)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?;
+        let expired = oldest
+            .iter()
+            .take_while(|(_, time, published)| {
+                *time < cutoff && (!published_only || *published != 0)
+            })
+            .map(|(sequence, _, _)| *sequence);
+        let (Some(first), Some(last)) = (oldest.first().map(|o| o.0), expired.last()) else {
+            return Ok(0);
+        };
+        Ok(
+            with_writer!(self, "retain_events", pool => sqlx::query(DELETE_EVENTS)
+            .bind(first)
+            .bind(last)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?,
+        )
+    }
+}
+
+/// Deletes events older than `retention`, a batch at a time, checking every tenth of the
+/// retention (at most a minute apart).
+pub async fn retain_events(store: Store, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = crate::domain::now_micros().saturating_sub(retention);
+        loop {
+            match store
+                .delete_old_events(cutoff, false, RETENTION_BATCH)
+                .await
+            {
+                Ok(deleted) if deleted as i64 == RETENTION_BATCH => {}
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "event retention failed; trying again later");
+                    break;
+                }
+            }
+        }
     }
 }
 

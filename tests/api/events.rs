@@ -25,6 +25,7 @@ on_both_backends!(
     filters_select_one_student_or_one_course,
     an_idle_watcher_gets_heartbeats_with_the_head,
     what_the_feed_cannot_serve_is_refused,
+    retention_deletes_old_events_and_never_reuses_a_sequence,
     shutdown_ends_the_stream_unavailable,
 );
 
@@ -377,6 +378,55 @@ async fn what_the_feed_cannot_serve_is_refused(backend: Backend) {
     assert_eq!(sequences(&next_events(&mut from_two, 1).await), [3]);
     let mut from_oldest = app.watch(0).await.expect("0 is the oldest kept");
     assert_eq!(sequences(&next_events(&mut from_oldest, 1).await), [3]);
+    app.stop().await;
+}
+
+async fn retention_deletes_old_events_and_never_reuses_a_sequence(backend: Backend) {
+    let settings = ServerSettings {
+        events_retention: Duration::from_secs(1),
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_on(TestDatabase::create(&backend).await, settings).await;
+    let students = app.create_students(2).await;
+    let course = app.create_course("A", "A", 0).await.id;
+    for &student in &students {
+        app.assign(student, course).await.expect("AssignCourse");
+    }
+    app.events(2).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let compacted = loop {
+        match app.watch(1).await {
+            Err(status) => break status,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(_) => panic!("events a second old were not deleted within 10 s"),
+        }
+    };
+    assert_error::<()>(
+        Err(compacted),
+        Code::OutOfRange,
+        "EVENTS_COMPACTED",
+        "the oldest kept is 3",
+    );
+
+    let request = pb::UnassignCourseRequest {
+        student_id: students[0],
+        course_id: course,
+    };
+    app.students
+        .clone()
+        .unassign_course(request)
+        .await
+        .expect("UnassignCourse");
+    let mut stream = app.watch(0).await.expect("from the oldest kept");
+    let next = next_events(&mut stream, 1).await;
+    assert_eq!(
+        sequences(&next),
+        [3],
+        "numbers deleted by retention are not handed out again"
+    );
     app.stop().await;
 }
 
