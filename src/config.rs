@@ -90,6 +90,29 @@ pub struct ServeArgs {
     #[arg(long, env = "EVENTS_RETENTION", default_value = "7d", value_parser = parse_duration, hide_env_values = true)]
     pub events_retention: Duration,
 
+    /// Publish every enrollment event to NATS JetStream at this URL (e.g. nats://127.0.0.1:4222),
+    /// from the outbox, at least once, in order. Off by default.
+    #[arg(long, env = "EVENTS_NATS_URL", hide_env_values = true)]
+    pub events_nats_url: Option<String>,
+
+    /// The JetStream stream the events go to (created with file storage if missing).
+    #[arg(
+        long,
+        env = "EVENTS_NATS_STREAM",
+        default_value = "SCHOOL_ENROLLMENTS",
+        hide_env_values = true
+    )]
+    pub events_nats_stream: String,
+
+    /// Events are published to PREFIX.created and PREFIX.deleted.
+    #[arg(
+        long,
+        env = "EVENTS_NATS_SUBJECT_PREFIX",
+        default_value = "school.v1.enrollment",
+        hide_env_values = true
+    )]
+    pub events_nats_subject_prefix: String,
+
     /// Calls served at once across all connections; one more fails at once with
     /// RESOURCE_EXHAUSTED. Health checks are not counted.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]

@@ -3,6 +3,7 @@ use std::{error::Error, net::SocketAddr, process::ExitCode};
 use clap::Parser;
 use student_service::{
     config::{Cli, Command},
+    relay::NatsSettings,
     security::Security,
     server::{self, ServerSettings},
     store::{self, Store},
@@ -107,6 +108,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 max_concurrent_streams: cli.serve.max_concurrent_streams,
                 watch_heartbeat: cli.serve.watch_heartbeat,
                 events_retention: cli.serve.events_retention,
+                nats: cli.serve.events_nats_url.clone().map(|url| NatsSettings {
+                    url,
+                    stream: cli.serve.events_nats_stream.clone(),
+                    subject_prefix: cli.serve.events_nats_subject_prefix.clone(),
+                }),
                 security,
             };
             server::serve(listener, store, settings, shutdown_signal()).await?;

@@ -25,6 +25,7 @@ use crate::{
             student_service_server::StudentServiceServer,
         },
     },
+    relay::NatsSettings,
     security::{RequireToken, Security},
     store::Store,
 };
@@ -64,6 +65,8 @@ pub struct ServerSettings {
     pub watch_heartbeat: Duration,
     /// How long enrollment events are kept.
     pub events_retention: Duration,
+    /// Where to publish enrollment events; off by default.
+    pub nats: Option<NatsSettings>,
     /// TLS and token authentication; off by default.
     pub security: Security,
 }
@@ -78,6 +81,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 128,
             watch_heartbeat: Duration::from_secs(10),
             events_retention: Duration::from_secs(7 * 86_400),
+            nats: None,
             security: Security::default(),
         }
     }
@@ -119,7 +123,12 @@ pub async fn serve(
     let retention = tokio::spawn(crate::store::retain_events(
         store.clone(),
         settings.events_retention,
+        settings.nats.is_some(),
     ));
+    let relay = settings
+        .nats
+        .clone()
+        .map(|nats| tokio::spawn(crate::relay::relay(store.clone(), nats, head_seen.clone())));
 
     let draining = Arc::new(Notify::new());
     let (end_streams, streams_signal) = watch::channel(false);
@@ -133,6 +142,9 @@ pub async fn serve(
             end_streams.send_replace(true);
             stop_probe(follower).await;
             stop_probe(retention).await;
+            if let Some(relay) = relay {
+                stop_probe(relay).await;
+            }
             draining.notify_one();
         }
     };

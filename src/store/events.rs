@@ -50,6 +50,8 @@ const HEAD_POSTGRES: &str = "SELECT last_sequence FROM enrollment_event_sequence
 
 /// Any number that names this lock among the database's advisory locks.
 const SEQUENCER_LOCK: i64 = 0x5343_484f_4f4c_5631; // "SCHOOLV1"
+/// The relay's lock (see `Leadership`).
+const RELAY_LOCK: i64 = 0x5343_484f_4f4c_5632; // "SCHOOLV2"
 /// Rows numbered per statement; the sequencer loops until fewer are left.
 const SEQUENCER_BATCH: i64 = 1000;
 // Numbers, in (xid, position) order, the rows of transactions older than every one still
@@ -108,6 +110,36 @@ impl Store {
     }
 }
 
+const UNPUBLISHED: &str = "SELECT sequence, CAST(id AS TEXT) AS id, CAST(type AS INTEGER) AS kind, \
+    CAST(cause AS INTEGER) AS cause, student_id, course_id, enroll_time, event_time \
+    FROM enrollment_events WHERE published = FALSE AND sequence IS NOT NULL \
+    ORDER BY sequence LIMIT CAST($1 AS BIGINT)";
+const MARK_PUBLISHED: &str =
+    "UPDATE enrollment_events SET published = TRUE WHERE sequence >= $1 AND sequence <= $2";
+
+impl Store {
+    /// Up to `limit` numbered events no broker has acknowledged yet, oldest first.
+    pub async fn unpublished_events(&self, limit: i64) -> Result<Vec<Event>> {
+        Ok(
+            with_reader!(self, "relay_events", pool => sqlx::query_as(UNPUBLISHED)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?,
+        )
+    }
+
+    /// Records that the broker acknowledged the events `first..=last`.
+    pub async fn mark_published(&self, first: i64, last: i64) -> Result<()> {
+        with_writer!(self, "relay_events", pool => sqlx::query(MARK_PUBLISHED)
+            .bind(first)
+            .bind(last)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
+}
+
 /// Events deleted per statement by retention.
 const RETENTION_BATCH: i64 = 1000;
 const OLDEST_EVENTS: &str = "SELECT sequence, event_time, CAST(published AS INTEGER) \
@@ -149,9 +181,9 @@ impl Store {
     }
 }
 
-/// Deletes events older than `retention`, a batch at a time, checking every tenth of the
-/// retention (at most a minute apart).
-pub async fn retain_events(store: Store, retention: Duration) {
+/// Deletes events older than `retention` (and, when `published_only`, published), a batch at a
+/// time, checking every tenth of the retention (at most a minute apart).
+pub async fn retain_events(store: Store, retention: Duration, published_only: bool) {
     let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,7 +193,7 @@ pub async fn retain_events(store: Store, retention: Duration) {
         let cutoff = crate::domain::now_micros().saturating_sub(retention);
         loop {
             match store
-                .delete_old_events(cutoff, false, RETENTION_BATCH)
+                .delete_old_events(cutoff, published_only, RETENTION_BATCH)
                 .await
             {
                 Ok(deleted) if deleted as i64 == RETENTION_BATCH => {}
@@ -184,8 +216,8 @@ pub async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Durat
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Store::Postgres(pool) = &store {
-            sequencer.run(pool).await;
+        if matches!(store, Store::Postgres(_)) {
+            sequencer.run(&store).await;
         }
         match store.event_head().await {
             Ok(sequence) => {
@@ -202,20 +234,79 @@ pub async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Durat
     }
 }
 
-/// This replica's claim on numbering PostgreSQL's events.
-#[derive(Default)]
-struct Sequencer {
-    /// The connection whose session holds the advisory lock; none while another replica has it.
+/// A job only one replica may do at a time on PostgreSQL (numbering events, relaying them):
+/// held by a session advisory lock on a connection of its own, so that when the replica dies
+/// its session ends, the lock is free, and another replica takes the job at its next try. On
+/// SQLite there is one server per file, so it always holds.
+pub struct Leadership {
+    key: i64,
+    job: &'static str,
+    /// The connection whose session holds the lock; none while another replica has it.
     holder: Option<PgConnection>,
+}
+
+impl Leadership {
+    /// The relay's: one replica publishes to the broker, in order.
+    pub fn relay() -> Self {
+        Leadership::of(RELAY_LOCK, "relays enrollment events")
+    }
+
+    fn of(key: i64, job: &'static str) -> Self {
+        Leadership {
+            key,
+            job,
+            holder: None,
+        }
+    }
+
+    /// Whether this replica holds the job now, claiming it if no replica does.
+    pub async fn hold(&mut self, store: &Store) -> bool {
+        let Store::Postgres(pool) = store else {
+            return true;
+        };
+        if let Some(connection) = self.holder.as_mut() {
+            // A session that died took the lock with it.
+            if sqlx::query("SELECT 1")
+                .execute(&mut *connection)
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tracing::warn!(
+                job = self.job,
+                "lost the session holding the lock; claiming again"
+            );
+            self.holder = None;
+        }
+        self.holder = claim(pool, self.key).await;
+        if self.holder.is_some() {
+            tracing::info!("this replica {} (advisory lock taken)", self.job);
+        }
+        self.holder.is_some()
+    }
+}
+
+/// This replica's claim on numbering PostgreSQL's events.
+struct Sequencer {
+    leadership: Leadership,
+}
+
+impl Default for Sequencer {
+    fn default() -> Self {
+        Sequencer {
+            leadership: Leadership::of(SEQUENCER_LOCK, "numbers enrollment events"),
+        }
+    }
 }
 
 impl Sequencer {
     /// Numbers what is ready, taking the lock first if no replica holds it.
-    async fn run(&mut self, pool: &PgPool) {
-        if self.holder.is_none() {
-            self.holder = claim(pool).await;
+    async fn run(&mut self, store: &Store) {
+        if !self.leadership.hold(store).await {
+            return;
         }
-        let Some(connection) = self.holder.as_mut() else {
+        let Some(connection) = self.leadership.holder.as_mut() else {
             return;
         };
         loop {
@@ -227,9 +318,7 @@ impl Sequencer {
                 Ok(done) if (done.rows_affected() as i64) < SEQUENCER_BATCH => return,
                 Ok(_) => {}
                 Err(err) => {
-                    // The session (and with it the lock) may be gone: claim again next tick.
-                    tracing::warn!(error = %err, "event sequencer failed; claiming the lock again");
-                    self.holder = None;
+                    tracing::warn!(error = %err, "numbering enrollment events failed; trying again");
                     return;
                 }
             }
@@ -237,20 +326,15 @@ impl Sequencer {
     }
 }
 
-/// A connection holding the sequencer lock, or none if another session holds it.
-async fn claim(pool: &PgPool) -> Option<PgConnection> {
+/// A connection whose session holds the advisory lock `key`, or none if another session does.
+async fn claim(pool: &PgPool, key: i64) -> Option<PgConnection> {
     let mut connection = pool.acquire().await.ok()?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(SEQUENCER_LOCK)
+        .bind(key)
         .fetch_one(&mut *connection)
         .await
         .ok()?;
-    if locked {
-        tracing::info!("this replica numbers enrollment events (sequencer lock taken)");
-        // Out of the pool for good (the pool opens another in its place, and closing the pool
-        // does not wait for it): the lock lives as long as this session.
-        Some(connection.detach())
-    } else {
-        None
-    }
+    // Out of the pool for good (the pool opens another in its place, and closing the pool does
+    // not wait for it): the lock lives as long as this session.
+    locked.then(|| connection.detach())
 }

@@ -38,7 +38,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use sqlx::{PgPool, SqlitePool};
 
 pub use checkpoint::Checkpointer;
-pub use events::{Event, EventRange, follow_head, retain_events};
+pub use events::{Event, EventRange, Leadership, follow_head, retain_events};
 pub use group_commit::Assigner;
 pub use migrate::Applied;
 pub use redact::redact;

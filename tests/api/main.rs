@@ -11,6 +11,7 @@ mod event_sequencing;
 mod events;
 mod lifecycle;
 mod metrics;
+mod nats;
 mod pagination;
 mod parity;
 mod races;

@@ -1,0 +1,239 @@
+//! Delivery of the enrollment events to NATS JetStream, from the outbox, at least once.
+//!
+//! One task reads the events not yet published, in sequence order, publishes each to
+//! `<prefix>.created` / `<prefix>.deleted` as the protobuf `EnrollmentEvent` in CloudEvents 1.0
+//! binary mode (the attributes as `ce-*` headers), waits for JetStream's acknowledgements, and
+//! only then marks them published. A crash between the two publishes them again; each carries
+//! its event id as `Nats-Msg-Id`, so JetStream drops the repeat (within the stream's duplicate
+//! window, two minutes by default). A broker that is down or slow delays only this task: calls
+//! never wait for it, events stay in the outbox, and retention keeps them until they are out.
+//! With several replicas on PostgreSQL, one relays at a time: the holder of an advisory lock.
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream},
+};
+use bytes::Bytes;
+use prost::Message;
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    api::pb,
+    store::{Event, Leadership, Store},
+};
+
+/// Where the events go.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    /// The JetStream stream, created (file storage) if missing.
+    pub stream: String,
+    /// Subjects are `<prefix>.created` and `<prefix>.deleted`.
+    pub subject_prefix: String,
+}
+
+/// Events published per round before their acknowledgements are awaited.
+const BATCH: i64 = 256;
+/// How long the relay waits for the broker to answer a connection or an acknowledgement.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The relay looks for new events at least this often (and at once when the head moves).
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// Warnings about an unreachable broker repeat at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Relays events until the task is aborted (at shutdown).
+pub async fn relay(store: Store, settings: NatsSettings, mut head: watch::Receiver<i64>) {
+    let mut relay = Relay {
+        store,
+        settings,
+        broker: None,
+        last_warning: None,
+    };
+    let mut leadership = Leadership::relay();
+    loop {
+        tokio::select! {
+            _ = head.changed() => {}
+            () = tokio::time::sleep(IDLE_CHECK) => {}
+        }
+        if !leadership.hold(&relay.store).await {
+            continue;
+        }
+        while let Some(full) = relay.round().await {
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+struct Relay {
+    store: Store,
+    settings: NatsSettings,
+    broker: Option<jetstream::Context>,
+    last_warning: Option<Instant>,
+}
+
+impl Relay {
+    /// Publishes one batch; `Some(true)` when there may be more, `None` when the round failed.
+    async fn round(&mut self) -> Option<bool> {
+        let events = match self.store.unpublished_events(BATCH).await {
+            Ok(events) => events,
+            Err(err) => {
+                self.warn(&format!("cannot read the outbox: {err}"));
+                return None;
+            }
+        };
+        let Some(first) = events.first().map(|e| e.sequence) else {
+            metrics::gauge!("student_service_events_unpublished").set(0.0);
+            return Some(false);
+        };
+        let broker = self.broker().await?;
+        let full = events.len() as i64 == BATCH;
+        match publish(&broker, &self.settings.subject_prefix, events).await {
+            Ok(last) => {
+                if let Err(err) = self.store.mark_published(first, last).await {
+                    // Published but not marked: the next round publishes them again, and
+                    // JetStream drops the repeats by their message ids.
+                    self.warn(&format!("cannot mark events published: {err}"));
+                    return None;
+                }
+                self.last_warning = None;
+                Some(full)
+            }
+            Err((acknowledged, err)) => {
+                if let Some(last) = acknowledged {
+                    let _ = self.store.mark_published(first, last).await;
+                }
+                self.broker = None;
+                self.warn(&format!("cannot publish to NATS JetStream: {err}"));
+                None
+            }
+        }
+    }
+
+    /// The JetStream context, connecting (and creating the stream) first if needed.
+    async fn broker(&mut self) -> Option<jetstream::Context> {
+        if let Some(broker) = &self.broker {
+            return Some(broker.clone());
+        }
+        match connect(&self.settings).await {
+            Ok(broker) => {
+                tracing::info!(url = %self.settings.url, stream = %self.settings.stream, "relaying enrollment events to NATS JetStream");
+                self.broker = Some(broker.clone());
+                Some(broker)
+            }
+            Err(err) => {
+                self.warn(&format!("cannot reach NATS JetStream: {err}"));
+                None
+            }
+        }
+    }
+
+    /// Logs a warning with the lag, at most once a minute.
+    fn warn(&mut self, what: &str) {
+        if self
+            .last_warning
+            .is_some_and(|at| at.elapsed() < WARN_EVERY)
+        {
+            return;
+        }
+        self.last_warning = Some(Instant::now());
+        tracing::warn!(
+            "{what}; enrollment events wait in the outbox and go out in order once it is back \
+             (this warning repeats at most once a minute)"
+        );
+    }
+}
+
+async fn connect(settings: &NatsSettings) -> Result<jetstream::Context, async_nats::Error> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(BROKER_TIMEOUT)
+        .connect(settings.url.as_str())
+        .await?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(BROKER_TIMEOUT);
+    let config = stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}.>", settings.subject_prefix)],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    tokio::time::timeout(BROKER_TIMEOUT, context.get_or_create_stream(config))
+        .await
+        .map_err(|_| "timed out creating the stream")??;
+    Ok(context)
+}
+
+/// Publishes the events in order and waits for every acknowledgement. Returns the last
+/// sequence, or the last sequence acknowledged in order (if any) with the error.
+async fn publish(
+    broker: &jetstream::Context,
+    prefix: &str,
+    events: Vec<Event>,
+) -> Result<i64, (Option<i64>, async_nats::Error)> {
+    let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(events.len());
+    let mut acknowledged = None;
+    let mut failure = None;
+    for event in events {
+        let sequence = event.sequence;
+        let (subject, message) = cloud_event(prefix, event);
+        match broker.send_publish(subject, message).await {
+            Ok(ack) => pending.push((sequence, ack)),
+            Err(err) => {
+                failure = Some(err.into());
+                break;
+            }
+        }
+    }
+    for (sequence, ack) in pending {
+        match ack.await {
+            Ok(_) if failure.is_none() => acknowledged = Some(sequence),
+            Ok(_) => {}
+            Err(err) => {
+                failure.get_or_insert(err.into());
+            }
+        }
+    }
+    match (failure, acknowledged) {
+        (None, Some(last)) => Ok(last),
+        (failure, acknowledged) => Err((
+            acknowledged,
+            failure.unwrap_or_else(|| "nothing was acknowledged".into()),
+        )),
+    }
+}
+
+/// The subject and the CloudEvents 1.0 binary-mode message of one event.
+fn cloud_event(prefix: &str, event: Event) -> (String, PublishMessage) {
+    let kind = if event.kind == pb::enrollment_event::Type::Created as i32 {
+        "created"
+    } else {
+        "deleted"
+    };
+    let id = event.id.clone();
+    let subject = format!("{prefix}.{kind}");
+    let event = pb::EnrollmentEvent::from(event);
+    let time = event
+        .event_time
+        .map(|time| time.to_string())
+        .unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", id.as_str());
+    headers.insert("ce-source", "//student-service");
+    headers.insert("ce-type", format!("school.v1.enrollment.{kind}").as_str());
+    headers.insert("ce-time", time.as_str());
+    headers.insert(
+        "ce-subject",
+        format!("students/{}/courses/{}", event.student_id, event.course_id).as_str(),
+    );
+    headers.insert("ce-sequence", format!("{:020}", event.sequence).as_str());
+    headers.insert("content-type", "application/protobuf");
+    let message = PublishMessage::build()
+        .payload(Bytes::from(event.encode_to_vec()))
+        .headers(headers)
+        .message_id(id);
+    (subject, message)
+}

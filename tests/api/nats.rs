@@ -1,0 +1,348 @@
+//! Delivery of the events to NATS JetStream, against real NATS servers: the shared one on
+//! 127.0.0.1:4222 (`NATS_URL` to change it), and private ones the tests start and stop
+//! (Debian's `nats-server`). Every test uses a stream and subject prefix of its own and deletes
+//! the stream afterwards.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    process::Stdio,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use prost::Message;
+use student_service::{
+    api::pb::{self, EnrollmentEvent},
+    relay::NatsSettings,
+    server::ServerSettings,
+};
+use tokio::process::{Child, Command};
+
+use crate::{
+    helpers::{Backend, TestApp, TestDatabase, on_both_backends},
+    process::ServerProcess,
+};
+
+on_both_backends!(
+    events_reach_jetstream_in_order_as_cloudevents,
+    a_crash_between_publish_and_mark_duplicates_nothing,
+);
+
+static STREAMS: AtomicU32 = AtomicU32::new(0);
+
+fn shared_nats() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A stream and subject prefix no other test uses.
+fn unique(url: &str) -> NatsSettings {
+    let n = STREAMS.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}_{n}", std::process::id());
+    NatsSettings {
+        url: url.to_owned(),
+        stream: format!("SCHOOL_TEST_{id}"),
+        subject_prefix: format!("school.test.{id}"),
+    }
+}
+
+async fn jetstream(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url)
+        .await
+        .expect("NATS must run (see the module comment)");
+    jetstream::new(client)
+}
+
+/// The stream's messages, in stream order, once it holds at least `count` (or after 20 s).
+async fn stored(
+    settings: &NatsSettings,
+    count: u64,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let context = jetstream(&settings.url).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut stream) = context.get_stream(&settings.stream).await {
+            let held = stream.info().await.expect("stream info").state.messages;
+            if held >= count || Instant::now() > deadline {
+                let mut messages = Vec::new();
+                for sequence in 1..=held {
+                    messages.push(
+                        stream
+                            .get_raw_message(sequence)
+                            .await
+                            .expect("a stored message"),
+                    );
+                }
+                return messages;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {} never appeared",
+            settings.stream
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn delete_stream(settings: &NatsSettings) {
+    let _ = jetstream(&settings.url)
+        .await
+        .delete_stream(&settings.stream)
+        .await;
+}
+
+fn header(message: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
+    message
+        .headers
+        .get(name)
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+async fn events_reach_jetstream_in_order_as_cloudevents(backend: Backend) {
+    let nats = unique(&shared_nats());
+    let settings = ServerSettings {
+        nats: Some(nats.clone()),
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_on(TestDatabase::create(&backend).await, settings).await;
+    let students = app.create_students(2).await;
+    let courses = [
+        app.create_course("A", "A", 0).await.id,
+        app.create_course("B", "B", 0).await.id,
+    ];
+    for &student in &students {
+        for &course in &courses {
+            app.assign(student, course).await.expect("AssignCourse");
+        }
+    }
+    let request = pb::DeleteStudentRequest {
+        student_id: students[0],
+        ..Default::default()
+    };
+    app.students
+        .clone()
+        .delete_student(request)
+        .await
+        .expect("DeleteStudent");
+
+    let messages = stored(&nats, 6).await;
+
+    assert_eq!(messages.len(), 6, "4 created, 2 deleted by the cascade");
+    for (i, message) in messages.iter().enumerate() {
+        let event =
+            EnrollmentEvent::decode(message.payload.clone()).expect("a protobuf EnrollmentEvent");
+        let kind = if i < 4 { "created" } else { "deleted" };
+        assert_eq!(event.sequence, i as i64 + 1, "in sequence order");
+        assert_eq!(
+            message.subject.as_str(),
+            format!("{}.{kind}", nats.subject_prefix)
+        );
+        assert_eq!(header(message, "ce-specversion"), "1.0");
+        assert_eq!(header(message, "ce-id"), event.id);
+        assert_eq!(header(message, "Nats-Msg-Id"), event.id);
+        assert_eq!(header(message, "ce-source"), "//student-service");
+        assert_eq!(
+            header(message, "ce-type"),
+            format!("school.v1.enrollment.{kind}")
+        );
+        assert_eq!(
+            header(message, "ce-subject"),
+            format!("students/{}/courses/{}", event.student_id, event.course_id)
+        );
+        assert_eq!(
+            header(message, "ce-sequence"),
+            format!("{:020}", event.sequence)
+        );
+        assert_eq!(header(message, "content-type"), "application/protobuf");
+        let time = header(message, "ce-time");
+        assert!(
+            time.ends_with('Z') && time.contains('T'),
+            "RFC 3339: {time}"
+        );
+    }
+    app.stop().await;
+    delete_stream(&nats).await;
+}
+
+/// `kill -9` under load while the relay publishes, then a restart on the same database: the
+/// stream holds every event of the outbox exactly once, in sequence order (the re-publish of
+/// events published but not yet marked is dropped by JetStream's duplicate window).
+async fn a_crash_between_publish_and_mark_duplicates_nothing(backend: Backend) {
+    let nats = unique(&shared_nats());
+    let env = [
+        ("EVENTS_NATS_URL", nats.url.as_str()),
+        ("EVENTS_NATS_STREAM", nats.stream.as_str()),
+        ("EVENTS_NATS_SUBJECT_PREFIX", nats.subject_prefix.as_str()),
+    ];
+    let database = TestDatabase::create(&backend).await;
+    let server = ServerProcess::start(&database.url, &env).await;
+    let (mut students, mut courses) = server.clients().await;
+    let student_ids = crate::resilience::create_students(&mut students, 80).await;
+    let course_ids = crate::resilience::create_courses(&mut courses, "N", 0, 10).await;
+    let pairs: Vec<(i64, i64)> = student_ids
+        .iter()
+        .flat_map(|&s| course_ids.iter().map(move |&c| (s, c)))
+        .collect();
+    let mut workers = Vec::new();
+    for client in 0..4 {
+        let mut api = students.clone();
+        let mine: Vec<(i64, i64)> = pairs.iter().copied().skip(client).step_by(4).collect();
+        workers.push(tokio::spawn(async move {
+            for (student_id, course_id) in mine {
+                let request = pb::AssignCourseRequest {
+                    student_id,
+                    course_id,
+                };
+                if api.assign_course(request).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill().await;
+    for worker in workers {
+        let _ = worker.await;
+    }
+
+    let restarted = ServerProcess::start(&database.url, &env).await;
+    let (mut students, _) = restarted.clients().await;
+    let request = pb::AssignCourseRequest {
+        student_id: student_ids[0],
+        course_id: course_ids[0],
+    };
+    let _ = students.assign_course(request).await;
+    let store =
+        student_service::store::Store::connect(&database.url, &crate::helpers::pool_settings())
+            .await
+            .expect("connect");
+    let outbox = store.event_head().await.expect("head");
+    let messages = stored(&nats, outbox as u64).await;
+
+    let sequences: Vec<i64> = messages
+        .iter()
+        .map(|m| {
+            EnrollmentEvent::decode(m.payload.clone())
+                .expect("an event")
+                .sequence
+        })
+        .collect();
+    let ids: HashSet<String> = messages.iter().map(|m| header(m, "ce-id")).collect();
+    eprintln!(
+        "kill -9 with the relay running: {outbox} events in the outbox, {} in the stream",
+        messages.len()
+    );
+    assert_eq!(
+        sequences,
+        (1..=outbox).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    assert_eq!(ids.len(), messages.len());
+    store.close().await;
+    delete_stream(&nats).await;
+}
+
+/// A NATS server of the test's own, with JetStream and a store directory that survives restarts.
+struct PrivateNats {
+    child: Child,
+    address: SocketAddr,
+    directory: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    async fn start() -> PrivateNats {
+        let address = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address")
+        };
+        let directory = tempfile::tempdir().expect("store directory");
+        PrivateNats::run(address, directory).await
+    }
+
+    async fn run(address: SocketAddr, directory: tempfile::TempDir) -> PrivateNats {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &address.port().to_string()])
+            .arg("-sd")
+            .arg(directory.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server (Debian package nats-server) must be installed");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PrivateNats {
+            child,
+            address,
+            directory,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://{}", self.address)
+    }
+
+    async fn stop(mut self) -> (SocketAddr, tempfile::TempDir) {
+        self.child.kill().await.expect("stop nats-server");
+        (self.address, self.directory)
+    }
+}
+
+/// The broker goes away under load: no call fails or waits for it, and once it is back every
+/// event arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_fails_no_call_and_loses_no_event() {
+    let broker = PrivateNats::start().await;
+    let nats = unique(&broker.url());
+    let settings = ServerSettings {
+        nats: Some(nats.clone()),
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_on(TestDatabase::create(&Backend::Sqlite).await, settings).await;
+    let students = app.create_students(60).await;
+    let course = app.create_course("OUT", "Outage", 0).await.id;
+    for &student in &students[..20] {
+        app.assign(student, course).await.expect("AssignCourse");
+    }
+    stored(&nats, 20).await;
+
+    let (address, directory) = broker.stop().await;
+    let mut slowest = Duration::ZERO;
+    for &student in &students[20..] {
+        let started = Instant::now();
+        app.assign(student, course)
+            .await
+            .expect("no call fails while the broker is down");
+        slowest = slowest.max(started.elapsed());
+    }
+    let broker = PrivateNats::run(address, directory).await;
+    let messages = stored(&nats, 60).await;
+
+    let sequences: Vec<i64> = messages
+        .iter()
+        .map(|m| {
+            EnrollmentEvent::decode(m.payload.clone())
+                .expect("an event")
+                .sequence
+        })
+        .collect();
+    eprintln!(
+        "broker down for 40 AssignCourse calls: slowest call {slowest:?}; all 60 events delivered after the restart"
+    );
+    assert_eq!(sequences, (1..=60).collect::<Vec<_>>());
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a call waited for the broker: {slowest:?}"
+    );
+    app.stop().await;
+    drop(broker);
+}
