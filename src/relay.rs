@@ -50,6 +50,7 @@ pub async fn relay(store: Store, settings: NatsSettings, mut head: watch::Receiv
         settings,
         broker: None,
         last_warning: None,
+        head: head.clone(),
     };
     let mut leadership = Leadership::relay();
     loop {
@@ -73,6 +74,8 @@ struct Relay {
     settings: NatsSettings,
     broker: Option<jetstream::Context>,
     last_warning: Option<Instant>,
+    /// The newest sequence, for the lag gauge.
+    head: watch::Receiver<i64>,
 }
 
 impl Relay {
@@ -86,9 +89,10 @@ impl Relay {
             }
         };
         let Some(first) = events.first().map(|e| e.sequence) else {
-            metrics::gauge!("student_service_events_unpublished").set(0.0);
+            self.record_lag(None);
             return Some(false);
         };
+        self.record_lag(Some(first - 1));
         let broker = self.broker().await?;
         let full = events.len() as i64 == BATCH;
         match publish(&broker, &self.settings.subject_prefix, events).await {
@@ -100,6 +104,7 @@ impl Relay {
                     return None;
                 }
                 self.last_warning = None;
+                self.record_lag(Some(last));
                 Some(full)
             }
             Err((acknowledged, err)) => {
@@ -131,7 +136,14 @@ impl Relay {
         }
     }
 
-    /// Logs a warning with the lag, at most once a minute.
+    /// Sets the lag gauge: events after `published` (all caught up with `None`).
+    fn record_lag(&self, published: Option<i64>) {
+        let head = *self.head.borrow();
+        let lag = published.map_or(0, |published| (head - published).max(0));
+        metrics::gauge!("student_service_events_relay_lag").set(lag as f64);
+    }
+
+    /// Logs a warning, at most once a minute.
     fn warn(&mut self, what: &str) {
         if self
             .last_warning

@@ -117,11 +117,15 @@ fn describe() {
     );
     describe_counter!(
         "student_service_enrollments_created_total",
-        "Enrollments AssignCourse created (repeats of an existing pair not counted)."
+        "Enrollments AssignCourse and BatchAssignCourses created (repeats of an existing pair not counted)."
     );
     describe_counter!(
         "student_service_enrollments_refused_full_total",
-        "AssignCourse calls refused because the course was full."
+        "Enrollments refused because the course was full (each full course of a refused batch counts)."
+    );
+    describe_gauge!(
+        "student_service_events_relay_lag",
+        "Enrollment events numbered but not yet acknowledged by NATS JetStream, as seen by the relaying replica (0 elsewhere)."
     );
     describe_histogram!(
         "student_service_sqlite_group_commit_batch_size",
