@@ -2,9 +2,10 @@
 
 use student_service::api::pb;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use crate::helpers::{Backend, TestApp, assert_error, on_both_backends, violated_fields};
+use crate::helpers::{
+    Backend, TestApp, assert_error, error_metadata, on_both_backends, violated_fields,
+};
 
 on_both_backends!(
     a_batch_enrolls_in_every_course_in_request_order,
@@ -51,12 +52,6 @@ impl TestApp {
             .expect("ListCourses");
         page.courses.iter().map(|c| c.id).collect()
     }
-}
-
-fn course_ids_metadata(status: &Status) -> String {
-    let details = status.get_error_details();
-    let info = details.error_info().expect("an ErrorInfo");
-    info.metadata.get("course_ids").cloned().unwrap_or_default()
 }
 
 async fn a_batch_enrolls_in_every_course_in_request_order(backend: Backend) {
@@ -149,7 +144,10 @@ async fn a_batch_with_a_full_course_writes_nothing_and_names_every_full_course(b
         &format!("courses {full_1}, {full_2} are full"),
     );
 
-    assert_eq!(course_ids_metadata(&status), format!("{full_1},{full_2}"));
+    assert_eq!(
+        error_metadata(&status, "course_ids"),
+        format!("{full_1},{full_2}")
+    );
     assert_eq!(
         app.course_ids_of(students[0]).await,
         [mine],
@@ -187,7 +185,10 @@ async fn a_batch_with_missing_courses_names_every_one(backend: Backend) {
         &format!("courses {gone}, 9999 not found"),
     );
 
-    assert_eq!(course_ids_metadata(&status), format!("{gone},9999"));
+    assert_eq!(
+        error_metadata(&status, "course_ids"),
+        format!("{gone},9999")
+    );
     assert!(app.course_ids_of(student).await.is_empty());
     let status = assert_error(
         app.batch_assign(student, &[open, 9_999]).await,
@@ -195,7 +196,7 @@ async fn a_batch_with_missing_courses_names_every_one(backend: Backend) {
         "COURSE_NOT_FOUND",
         "course 9999 not found",
     );
-    assert_eq!(course_ids_metadata(&status), "9999");
+    assert_eq!(error_metadata(&status, "course_ids"), "9999");
     app.stop().await;
 }
 

@@ -429,6 +429,15 @@ pub(crate) fn assert_error<T: std::fmt::Debug>(
     status
 }
 
+/// The value of `key` in the ErrorInfo metadata of an error (empty when absent).
+pub(crate) fn error_metadata(status: &Status, key: &str) -> String {
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .expect("every error carries an ErrorInfo");
+    info.metadata.get(key).cloned().unwrap_or_default()
+}
+
 /// The fields named by the BadRequest detail of an INVALID_ARGUMENT status.
 pub(crate) fn violated_fields(status: &Status) -> Vec<String> {
     let details = status.get_error_details();

@@ -21,7 +21,7 @@ use student_service::{
 use tokio::process::{Child, Command};
 
 use crate::{
-    helpers::{Backend, TestApp, TestDatabase, on_both_backends},
+    helpers::{Backend, TestApp, TestDatabase, on_both_backends, read_with},
     process::ServerProcess,
 };
 
@@ -38,8 +38,13 @@ fn shared_nats() -> String {
 
 /// A stream and subject prefix no other test uses.
 fn unique(url: &str) -> NatsSettings {
+    // The process id and the time: names of a run never meet those of an earlier one, whose
+    // streams a failed test may have left behind.
     let n = STREAMS.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{}_{n}", std::process::id());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let id = format!("{}_{started}_{n}", std::process::id());
     NatsSettings {
         url: url.to_owned(),
         stream: format!("SCHOOL_TEST_{id}"),
@@ -91,6 +96,14 @@ async fn delete_stream(settings: &NatsSettings) {
         .await
         .delete_stream(&settings.stream)
         .await;
+}
+
+/// The event sequences the messages carry, in stream order.
+fn sequences_of(messages: &[async_nats::jetstream::message::StreamMessage]) -> Vec<i64> {
+    let decode = |m: &async_nats::jetstream::message::StreamMessage| {
+        EnrollmentEvent::decode(m.payload.clone()).expect("a protobuf EnrollmentEvent")
+    };
+    messages.iter().map(|m| decode(m).sequence).collect()
 }
 
 fn header(message: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
@@ -219,17 +232,27 @@ async fn a_crash_between_publish_and_mark_duplicates_nothing(backend: Backend) {
         student_service::store::Store::connect(&database.url, &crate::helpers::pool_settings())
             .await
             .expect("connect");
+    // Once the restarted server has numbered and published everything:
+    const WAITING: &str =
+        "SELECT COUNT(*) FROM enrollment_events WHERE sequence IS NULL OR published = FALSE";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 =
+            read_with!(&store, pool => sqlx::query_scalar(WAITING).fetch_one(pool).await)
+                .expect("count the waiting events");
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} events still unpublished after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let outbox = store.event_head().await.expect("head");
     let messages = stored(&nats, outbox as u64).await;
 
-    let sequences: Vec<i64> = messages
-        .iter()
-        .map(|m| {
-            EnrollmentEvent::decode(m.payload.clone())
-                .expect("an event")
-                .sequence
-        })
-        .collect();
+    let sequences = sequences_of(&messages);
     let ids: HashSet<String> = messages.iter().map(|m| header(m, "ce-id")).collect();
     eprintln!(
         "kill -9 with the relay running: {outbox} events in the outbox, {} in the stream",
@@ -327,14 +350,7 @@ async fn a_broker_outage_fails_no_call_and_loses_no_event() {
     let broker = PrivateNats::run(address, directory).await;
     let messages = stored(&nats, 60).await;
 
-    let sequences: Vec<i64> = messages
-        .iter()
-        .map(|m| {
-            EnrollmentEvent::decode(m.payload.clone())
-                .expect("an event")
-                .sequence
-        })
-        .collect();
+    let sequences = sequences_of(&messages);
     eprintln!(
         "broker down for 40 AssignCourse calls: slowest call {slowest:?}; all 60 events delivered after the restart"
     );

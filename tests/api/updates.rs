@@ -4,9 +4,10 @@
 use prost_types::FieldMask;
 use student_service::api::pb;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use crate::helpers::{Backend, TestApp, assert_error, on_both_backends, violated_fields};
+use crate::helpers::{
+    Backend, TestApp, assert_error, error_metadata, on_both_backends, violated_fields,
+};
 
 on_both_backends!(
     update_student_changes_only_the_masked_fields,
@@ -60,12 +61,6 @@ impl TestApp {
         let answer = self.students.clone().get_student(request).await;
         answer.expect("GetStudent").into_inner()
     }
-}
-
-fn metadata(status: &Status, key: &str) -> String {
-    let details = status.get_error_details();
-    let info = details.error_info().expect("an ErrorInfo");
-    info.metadata.get(key).cloned().unwrap_or_default()
 }
 
 async fn update_student_changes_only_the_masked_fields(backend: Backend) {
@@ -187,7 +182,7 @@ async fn update_student_validates_like_create(backend: Backend) {
         "EMAIL_TAKEN",
         "bob@example.com",
     );
-    assert_eq!(metadata(&status, "email"), "bob@example.com");
+    assert_eq!(error_metadata(&status, "email"), "bob@example.com");
     assert_eq!(
         app.get_student(ada.id).await,
         ada,
@@ -300,7 +295,7 @@ async fn a_stale_etag_is_refused_and_nothing_changes(backend: Backend) {
         "ETAG_MISMATCH",
         "has changed",
     );
-    assert_eq!(metadata(&status, "student_id"), ada.id.to_string());
+    assert_eq!(error_metadata(&status, "student_id"), ada.id.to_string());
     assert_eq!(app.get_student(ada.id).await, updated);
 
     // The etag of another student is never current here; a made-up one is not an etag at all.
@@ -470,7 +465,7 @@ async fn update_course_changes_code_title_and_capacity(backend: Backend) {
         "COURSE_CODE_TAKEN",
         "MA-1",
     );
-    assert_eq!(metadata(&status, "code"), "MA-1");
+    assert_eq!(error_metadata(&status, "code"), "MA-1");
 
     let sent = pb::Course {
         id: course.id,
@@ -542,8 +537,8 @@ async fn capacity_cannot_drop_below_the_students_enrolled(backend: Backend) {
         "CAPACITY_BELOW_ENROLLED",
         "3 students enrolled",
     );
-    assert_eq!(metadata(&status, "enrolled"), "3");
-    assert_eq!(metadata(&status, "capacity"), "2");
+    assert_eq!(error_metadata(&status, "enrolled"), "3");
+    assert_eq!(error_metadata(&status, "capacity"), "2");
     assert_eq!(app.get_course(course.id).await, before, "nothing changed");
 
     // Down to exactly the students enrolled, or to unlimited, is fine.
