@@ -97,7 +97,7 @@ impl Relay {
         let full = events.len() as i64 == BATCH;
         match publish(&broker, &self.settings.subject_prefix, events).await {
             Ok(last) => {
-                if let Err(err) = self.store.mark_published(first, last).await {
+                if let Err(err) = self.store.mark_published(last).await {
                     // Published but not marked: the next round publishes them again, and
                     // JetStream drops the repeats by their message ids.
                     self.warn(&format!("cannot mark events published: {err}"));
@@ -109,7 +109,7 @@ impl Relay {
             }
             Err((acknowledged, err)) => {
                 if let Some(last) = acknowledged {
-                    let _ = self.store.mark_published(first, last).await;
+                    let _ = self.store.mark_published(last).await;
                 }
                 self.broker = None;
                 self.warn(&format!("cannot publish to NATS JetStream: {err}"));

@@ -233,8 +233,8 @@ async fn a_crash_between_publish_and_mark_duplicates_nothing(backend: Backend) {
             .await
             .expect("connect");
     // Once the restarted server has numbered and published everything:
-    const WAITING: &str =
-        "SELECT COUNT(*) FROM enrollment_events WHERE sequence IS NULL OR published = FALSE";
+    const WAITING: &str = "SELECT COUNT(*) FROM enrollment_events \
+        WHERE sequence IS NULL OR sequence > (SELECT last_published FROM event_feed)";
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let waiting: i64 =
