@@ -5,7 +5,7 @@
 # Needs: cargo build --release; PostgreSQL at $PG (default postgres://postgres@127.0.0.1:5432);
 # NATS JetStream at nats://127.0.0.1:4222 (a stream per run is left behind: BENCH_<port>).
 #
-# usage: bench/events_cost.sh BASELINE_BINARY [ROUNDS]
+# usage: [BACKENDS="sqlite postgres"] bench/events_cost.sh BASELINE_BINARY [ROUNDS]
 #   git worktree add /tmp/base 35474e0 && (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target cargo build --release)
 #   bench/events_cost.sh /tmp/base-target/release/student-service 2
 set -u
@@ -30,7 +30,7 @@ run() { # LABEL BINARY URL [nats]
 }
 echo "label                        rpc                 requests     req/s  ratio  enroll/s     p50     p90     p99   p99.9      max"
 for round in $(seq "$rounds"); do
-  for backend in sqlite postgres; do
+  for backend in ${BACKENDS:-sqlite postgres}; do
     for variant in baseline outbox nats; do
       if [[ $backend == sqlite ]]; then
         rm -f "/tmp/events_cost_$variant.db"*; url="sqlite:/tmp/events_cost_$variant.db"

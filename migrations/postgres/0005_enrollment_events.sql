@@ -18,7 +18,7 @@ CREATE TABLE enrollment_events (
     position    BIGINT   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid         xid8     NOT NULL DEFAULT pg_current_xact_id(),
     -- NULL until the sequencer numbers the row.
-    sequence    BIGINT   UNIQUE,
+    sequence    BIGINT,
     -- 1 CREATED, 2 DELETED (school.v1.EnrollmentEvent.Type).
     type        SMALLINT NOT NULL CHECK (type IN (1, 2)),
     -- 0 for CREATED; 1 UNASSIGNED, 2 STUDENT_DELETED, 3 COURSE_DELETED.
@@ -31,6 +31,10 @@ CREATE TABLE enrollment_events (
         DEFAULT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
 );
 
+-- Readers find events by sequence; partial, so that writing an event (unnumbered) costs no
+-- entry here, only numbering it does.
+CREATE UNIQUE INDEX enrollment_events_by_sequence ON enrollment_events (sequence)
+    WHERE sequence IS NOT NULL;
 -- The sequencer's work list.
 CREATE INDEX enrollment_events_to_number ON enrollment_events (xid, position) WHERE sequence IS NULL;
 
