@@ -7,6 +7,7 @@
 
 mod drive;
 mod report;
+mod rush;
 mod seed;
 
 use std::{process::ExitCode, time::Duration};
@@ -17,9 +18,9 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Parser)]
 #[command(about = "Drive student-service with load and report req/s and latency")]
 struct Args {
-    /// The server to load.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    target: String,
+    /// The server to load; several, comma-separated, spread the connections over replicas.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    target: Vec<String>,
 
     /// RPCs to measure, one after another, comma-separated.
     #[arg(
@@ -66,6 +67,28 @@ struct Args {
     /// Courses per BatchAssignCourses call (1-100), all for one student and new to them.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
     batch_size: u16,
+
+    /// Instead of timed runs, the registration rush: --rush-students students race AssignCourse
+    /// for --rush-hot-courses courses of --rush-hot-seats seats each, trying them first (each in
+    /// its own order) and falling back to --rush-open-courses unlimited courses until they have
+    /// --rush-wanted courses; --concurrency students at a time.
+    #[arg(long)]
+    rush: bool,
+
+    #[arg(long, default_value_t = 2000)]
+    rush_students: usize,
+
+    #[arg(long, default_value_t = 5)]
+    rush_hot_courses: usize,
+
+    #[arg(long, default_value_t = 40)]
+    rush_hot_seats: i32,
+
+    #[arg(long, default_value_t = 50)]
+    rush_open_courses: usize,
+
+    #[arg(long, default_value_t = 3)]
+    rush_wanted: usize,
 
     /// PID of the server, to report its peak resident memory (VmHWM) after the run.
     #[arg(long)]
@@ -114,6 +137,10 @@ async fn main() -> ExitCode {
 
 /// Returns whether every measured call succeeded.
 async fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    if args.rush {
+        let channels = connect(&args.target, args.connections).await?;
+        return Ok(rush::run(&channels, args).await?);
+    }
     let assigns = args
         .rpc
         .iter()
@@ -146,14 +173,16 @@ async fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     Ok(results.iter().all(|r| r.errors.is_empty()))
 }
 
+/// `connections` HTTP/2 connections, spread over the targets in turn.
 async fn connect(
-    target: &str,
+    targets: &[String],
     connections: usize,
 ) -> Result<Vec<Channel>, tonic::transport::Error> {
     let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections.max(1) {
+    for i in 0..connections.max(1) {
+        let target = &targets[i % targets.len()];
         // Each Endpoint::connect opens its own HTTP/2 connection.
-        channels.push(Endpoint::from_shared(target.to_owned())?.connect().await?);
+        channels.push(Endpoint::from_shared(target.clone())?.connect().await?);
     }
     Ok(channels)
 }
