@@ -78,7 +78,15 @@ pub(crate) async fn run(channels: &[Channel], args: &Args) -> Result<bool, tonic
                 let Some(&student) = catalogue.students.get(i) else {
                     return tally;
                 };
-                register(client.clone(), &catalogue, student, wanted, &mut rng, &mut tally).await;
+                register(
+                    client.clone(),
+                    &catalogue,
+                    student,
+                    wanted,
+                    &mut rng,
+                    &mut tally,
+                )
+                .await;
             }
         });
     }
@@ -105,7 +113,10 @@ async fn register(
     let mut open = catalogue.open.clone();
     rng.shuffle(&mut open);
     let mut enrolled = 0;
-    let choices = hot.iter().map(|&c| (c, true)).chain(open.iter().map(|&c| (c, false)));
+    let choices = hot
+        .iter()
+        .map(|&c| (c, true))
+        .chain(open.iter().map(|&c| (c, false)));
     for (course_id, is_hot) in choices {
         if enrolled == wanted {
             return;
@@ -116,13 +127,24 @@ async fn register(
         };
         let started = Instant::now();
         let answer = client.assign_course(request).await;
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
-        let histogram = if is_hot { &mut tally.hot } else { &mut tally.open };
+        let micros = u64::try_from(started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let histogram = if is_hot {
+            &mut tally.hot
+        } else {
+            &mut tally.open
+        };
         histogram.saturating_record(micros);
         match answer {
             Ok(_) => enrolled += 1,
             Err(status) if status.code() == Code::FailedPrecondition => tally.full += 1,
-            Err(status) => *tally.errors.entry(format!("{:?}", status.code())).or_insert(0) += 1,
+            Err(status) => {
+                *tally
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_insert(0) += 1
+            }
         }
     }
 }
@@ -136,7 +158,9 @@ fn report(total: &Tally, elapsed: f64, concurrency: usize) {
         total.full,
         total.errors
     );
-    println!("courses  calls     p50 ms  p99 ms  max ms  rate at {concurrency} in flight (in flight / mean latency)");
+    println!(
+        "courses  calls     p50 ms  p99 ms  max ms  rate at {concurrency} in flight (in flight / mean latency)"
+    );
     for (name, histogram) in [("hot", &total.hot), ("open", &total.open)] {
         let rate = concurrency as f64 / (histogram.mean() / 1_000_000.0);
         println!(
