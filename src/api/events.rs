@@ -134,11 +134,12 @@ impl EventApi {
     ) -> crate::error::Result<(Vec<Event>, i64)> {
         let head = self.store.event_head().await?;
         let events = self.store.events_after(cursor, head, filter, PAGE).await?;
-        let range = self.store.event_range().await?;
-        if cursor + 1 < range.oldest {
-            return Err(Error::EventsCompacted {
-                oldest: range.oldest,
-            });
+        // Read after the page, so that a deletion while it was read is seen. With no event left,
+        // nothing after the cursor is missing: retention always keeps the newest event.
+        if let Some(oldest) = self.store.oldest_event().await?
+            && cursor + 1 < oldest
+        {
+            return Err(Error::EventsCompacted { oldest });
         }
         Ok((events, head))
     }

@@ -167,11 +167,17 @@ impl Store {
     /// The numbered events the outbox holds now.
     pub async fn event_range(&self) -> Result<EventRange> {
         let head = self.event_head().await?;
-        let oldest: Option<i64> = with_reader!(self, "watch_events", pool => sqlx::query_scalar(OLDEST).fetch_one(pool).await)?;
         Ok(EventRange {
-            oldest: oldest.unwrap_or(head + 1),
+            oldest: self.oldest_event().await?.unwrap_or(head + 1),
             head,
         })
+    }
+
+    /// The oldest numbered event kept; none when retention (or nothing yet) left none.
+    pub async fn oldest_event(&self) -> Result<Option<i64>> {
+        Ok(
+            with_reader!(self, "watch_events", pool => sqlx::query_scalar(OLDEST).fetch_one(pool).await)?,
+        )
     }
 
     /// The newest sequence handed out (0 before the first event).

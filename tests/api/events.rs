@@ -15,7 +15,8 @@ use student_service::{
 use tonic::{Code, Status, Streaming};
 
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, assert_error, error_metadata, on_both_backends, violated_fields,
+    Backend, TestApp, TestDatabase, assert_error, error_metadata, error_reason, on_both_backends,
+    violated_fields,
 };
 
 on_both_backends!(
@@ -500,15 +501,6 @@ async fn open_streams_count_toward_the_in_flight_limit() {
     }
     drop(second);
     app.stop().await;
-}
-
-fn error_reason(status: &Status) -> String {
-    use tonic_types::StatusExt;
-    let details = status.get_error_details();
-    details
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
 }
 
 /// Deletes the events up to `sequence`, as retention would.

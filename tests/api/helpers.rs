@@ -429,6 +429,15 @@ pub(crate) fn assert_error<T: std::fmt::Debug>(
     status
 }
 
+/// The ErrorInfo reason of an error (empty when it has none).
+pub(crate) fn error_reason(status: &Status) -> String {
+    let details = status.get_error_details();
+    details
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
 /// The value of `key` in the ErrorInfo metadata of an error (empty when absent).
 pub(crate) fn error_metadata(status: &Status, key: &str) -> String {
     let details = status.get_error_details();

@@ -23,7 +23,7 @@ use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::{
-    helpers::{Backend, TestDatabase, on_both_backends, pool_settings},
+    helpers::{Backend, TestDatabase, error_reason, on_both_backends, pool_settings},
     process::ServerProcess,
     resilience::{
         assert_verify_passes, create_courses, create_students, env_number, share_of, stored_pairs,
@@ -45,14 +45,6 @@ async fn start_replicas(backend: &Backend, database: &TestDatabase) -> Vec<Serve
         servers.push(ServerProcess::start(&database.url, &[]).await);
     }
     servers
-}
-
-fn reason(status: &Status) -> String {
-    let details = status.get_error_details();
-    details
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
 }
 
 /// What one client knows: it alone touches its students, one call at a time, so after every
@@ -99,7 +91,7 @@ impl Model {
                     self.contradictions
                         .push(format!("batch {courses:?} refused naming {named}"));
                 }
-                self.count(format!("batch {}", reason(&status)));
+                self.count(format!("batch {}", error_reason(&status)));
             }
             Err(status) => {
                 self.contradictions
@@ -117,7 +109,7 @@ impl Model {
                 self.count("assign OK".into());
             }
             Err(status) if status.code() == Code::FailedPrecondition && !mine.contains(&course) => {
-                self.count(format!("assign {}", reason(&status)));
+                self.count(format!("assign {}", error_reason(&status)));
             }
             other => {
                 self.contradictions.push(format!(
@@ -343,7 +335,7 @@ async fn capacity_updates_racing_assignments_never_overfill_a_course(backend: Ba
                                 Code::FailedPrecondition | Code::NotFound
                             ) =>
                         {
-                            format!("enroller {}", reason(&status))
+                            format!("enroller {}", error_reason(&status))
                         }
                         Err(status) => {
                             contradictions.push(format!("enroller: {status:?}"));
@@ -425,7 +417,7 @@ async fn update_capacity(
             }
             "update OK".to_owned()
         }
-        Err(status) if reason(&status) == "CAPACITY_BELOW_ENROLLED" => {
+        Err(status) if error_reason(&status) == "CAPACITY_BELOW_ENROLLED" => {
             let details = status.get_error_details();
             let enrolled: i32 = details
                 .error_info()
