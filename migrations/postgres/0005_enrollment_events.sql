@@ -53,6 +53,8 @@ INSERT INTO event_feed (namespace) VALUES (replace(gen_random_uuid()::text, '-',
 -- instead of two. The cause of a deletion: a cascade from DeleteStudent or DeleteCourse runs
 -- after the parent row is gone, so the missing parent names it; otherwise the pair was
 -- unassigned. (No NOTIFY here: it takes a global lock at commit and would serialise every writer.)
+-- COURSE_FULL now names the course in its DETAIL: a batch refused for a course whose seat
+-- frees up before the refusal can be explained still reports the course it met full.
 CREATE OR REPLACE FUNCTION student_courses_count_seats() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -60,7 +62,8 @@ BEGIN
         UPDATE courses SET enrolled = enrolled + 1
         WHERE id = NEW.course_id AND (capacity = 0 OR enrolled < capacity);
         IF NOT FOUND AND EXISTS (SELECT 1 FROM courses WHERE id = NEW.course_id) THEN
-            RAISE EXCEPTION 'COURSE_FULL' USING ERRCODE = 'check_violation';
+            RAISE EXCEPTION 'COURSE_FULL' USING ERRCODE = 'check_violation',
+                DETAIL = NEW.course_id::text;
         END IF;
         INSERT INTO enrollment_events (type, cause, student_id, course_id, enroll_time)
         VALUES (1, 0, NEW.student_id, NEW.course_id, NEW.enroll_time);

@@ -19,7 +19,7 @@ use sqlx::{Connection, PgConnection, SqliteConnection};
 use super::{
     Store,
     enrollments::{ASSIGN_TRIES, Assigned, INSERT, SELECT, after_insert},
-    errors::{is_course_full, is_foreign_key_violation},
+    errors::{full_course, is_course_full, is_foreign_key_violation},
     observe, students,
 };
 use crate::{
@@ -53,8 +53,9 @@ enum Writer<'a> {
 /// What one attempt did.
 enum Attempt {
     Enrolled(Enrolled),
-    /// The seat trigger or a foreign key refused a pair; the transaction was rolled back.
-    Refused,
+    /// The seat trigger or a foreign key refused a pair; the transaction was rolled back. On
+    /// PostgreSQL a full course is named (the trigger's detail).
+    Refused(Option<i64>),
 }
 
 impl Store {
@@ -104,6 +105,7 @@ impl Store {
 
 /// Attempts the batch until it is enrolled or refused for reasons that still hold.
 async fn run(mut writer: Writer<'_>, student: i64, courses: &[i64], now: i64) -> Result<Enrolled> {
+    let mut met_full = None;
     for _ in 0..ASSIGN_TRIES {
         let attempt = match &mut writer {
             Writer::Sqlite(connection) => {
@@ -115,16 +117,25 @@ async fn run(mut writer: Writer<'_>, student: i64, courses: &[i64], now: i64) ->
         }?;
         match attempt {
             Attempt::Enrolled(enrolled) => return Ok(enrolled),
-            Attempt::Refused => {
+            Attempt::Refused(full) => {
                 if let Some(refusal) = why_refused(&mut writer, student, courses).await? {
                     return Err(refusal);
                 }
+                met_full = full.or(met_full);
             }
         }
     }
-    Err(Error::Conflict(
-        "the courses kept changing between the batch and the check of its refusal".into(),
-    ))
+    // Seats kept coming free between each refusal and its explanation (courses near full under
+    // churn): the course the last attempt met full was full then, which is the answer.
+    match met_full {
+        Some(course) => {
+            metrics::counter!("student_service_enrollments_refused_full_total").increment(1);
+            Err(Error::CoursesFull(vec![course]))
+        }
+        None => Err(Error::Conflict(
+            "the courses kept changing between the batch and the check of its refusal".into(),
+        )),
+    }
 }
 
 async fn attempt_on_sqlite(
@@ -144,9 +155,10 @@ async fn attempt_on_sqlite(
             .await;
         match after_insert(inserted)? {
             Some(Assigned::Created(enroll_time)) => enrolled.insert(course, (enroll_time, true)),
+            // SQLite's single writer keeps the explanation consistent: no course to name.
             Some(Assigned::Full | Assigned::Missing) => {
                 transaction.rollback().await?;
-                return Ok(Attempt::Refused);
+                return Ok(Attempt::Refused(None));
             }
             // The pair exists and stays: this transaction is the only writer until it ends.
             Some(Assigned::Existing(_)) | None => {
@@ -189,7 +201,7 @@ async fn attempt_on_postgres(
             }
             Err(err) if is_course_full(&err) || is_foreign_key_violation(&err) => {
                 transaction.rollback().await?;
-                return Ok(Attempt::Refused);
+                return Ok(Attempt::Refused(full_course(&err)));
             }
             Err(err) => return Err(err.into()),
         }

@@ -90,6 +90,15 @@ pub(super) fn is_course_full(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.message() == "COURSE_FULL")
 }
 
+/// The course a PostgreSQL COURSE_FULL names in its detail (see migrations/postgres/0005).
+pub(super) fn full_course(err: &sqlx::Error) -> Option<i64> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let postgres = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    postgres.detail()?.parse().ok()
+}
+
 fn kind(err: &sqlx::Error) -> Option<ErrorKind> {
     match err {
         sqlx::Error::Database(db) => Some(db.kind()),
