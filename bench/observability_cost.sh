@@ -22,6 +22,9 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 sink_port=$(free_port)
 python3 bench/otlp_sink.py "$sink_port" >"$work/sink.log" 2>&1 &
 sink_pid=$!
+# Without a sink that is up, "traces" would measure a collector that is down (pip install grpcio).
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$sink_port") 2>/dev/null && break; sleep 0.1; done
+kill -0 "$sink_pid" 2>/dev/null || { cat "$work/sink.log"; echo "the OTLP sink did not start" >&2; exit 1; }
 cleanup() { kill "$sink_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 

@@ -9,7 +9,11 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::{
-    EnvFilter, Layer, filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt,
+    EnvFilter, Layer,
+    filter::{FilterExt, Targets, filter_fn},
+    fmt,
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
 };
 
 use crate::config::LogFormat;
@@ -43,9 +47,22 @@ pub fn init(format: LogFormat) -> Telemetry {
                     .with_location(false)
                     .with_threads(false)
                     .with_tracked_inactivity(false)
+                    // A `target` attribute on every span, and the span made the current
+                    // OpenTelemetry context at every poll: both for OpenTelemetry-native
+                    // instrumentation inside our calls, of which there is none.
+                    .with_target(false)
+                    .with_context_activation(false)
                     // Our spans only, whatever RUST_LOG says, and never the exporter's own
-                    // (its gRPC client would trace itself in a loop).
-                    .with_filter(Targets::new().with_target("student_service", Level::INFO));
+                    // (its gRPC client would trace itself in a loop). Log lines become span
+                    // events only from WARN up: the per-call "finished" line repeats what the
+                    // span's status and duration already say.
+                    .with_filter(
+                        Targets::new()
+                            .with_target("student_service", Level::INFO)
+                            .and(filter_fn(|meta| {
+                                meta.is_span() || *meta.level() <= Level::WARN
+                            })),
+                    );
                 telemetry.traces = Some(provider);
                 Some(layer)
             }
