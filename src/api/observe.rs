@@ -4,12 +4,13 @@
 //! (`grpc_server_started_total`, `_handled_total`, `_msg_received_total`, `_msg_sent_total`,
 //! `_handling_seconds`), which existing dashboards and alert rules query.
 //!
-//! The `rpc` span is also the call's OpenTelemetry SERVER span when traces are exported
-//! (`telemetry::traces`): named `school.v1.StudentService/AssignCourse`, with the RPC attributes
-//! of the semantic conventions v1.26.0 (`rpc.system`, `rpc.service`, `rpc.method`,
-//! `rpc.grpc.status_code`), status Error only for the codes those conventions call server errors,
-//! and a child of the caller's span when the request carries a W3C `traceparent`. Its
-//! `trace_id` and `span_id` fields put the trace on every log line of the call.
+//! When traces are exported (`telemetry::traces`) the call also has an OpenTelemetry SERVER
+//! span, named `school.v1.StudentService/AssignCourse`, with the RPC attributes of the semantic
+//! conventions v1.26.0 (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`),
+//! status Error only for the codes those conventions call server errors, a child of the
+//! caller's span when the request carries a W3C `traceparent`; it is the current OpenTelemetry
+//! context while the handler runs. The `rpc` span's `trace_id` and `span_id` fields put the
+//! trace on every log line of the call.
 //!
 //! It is the outermost layer, so it sees every call: those the overload, deadline and
 //! authentication layers refuse and those tonic refuses before our code runs are handled too,
@@ -29,10 +30,13 @@ use std::{
 
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::{
+    KeyValue,
+    trace::{FutureExt as _, Status, TraceContextExt},
+};
 use tonic::Code;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     BoxFuture,
@@ -61,6 +65,8 @@ impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Observe<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
+    ResBody: 'static,
 {
     type Response = http::Response<ObservedBody<ResBody>>;
     type Error = S::Error;
@@ -73,7 +79,7 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let rpc = Rpc::of_path(request.uri().path());
         rpc.started();
-        let span = rpc_span(rpc, &request);
+        let (span, trace) = rpc_span(rpc, &request);
         let started = Instant::now();
         // Counting messages means boxing the request body once more: only when metrics are on.
         let counting = metrics_on();
@@ -88,12 +94,17 @@ where
             request
         };
         let response = span.in_scope(|| self.inner.call(request));
+        let response: BoxFuture<_> = match &trace {
+            Some(trace) => Box::pin(response.with_context(trace.clone())),
+            None => Box::pin(response),
+        };
         Box::pin(
             async move {
                 let (parts, body) = response.await?.into_parts();
                 let mut call = Call {
                     rpc,
                     span: Span::current(),
+                    trace,
                     started,
                     finished: false,
                 };
@@ -112,39 +123,30 @@ where
     }
 }
 
-/// The call's span; `caller` is filled in by token authentication (security::RequireToken) when
-/// it is on, the status fields when the call finishes.
-fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> Span {
+/// The call's log span (`caller` is filled in by token authentication, security::RequireToken,
+/// when it is on) and, when traces are exported, its trace span as a context.
+fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<opentelemetry::Context>) {
     let span = tracing::info_span!(
         "rpc",
         method = request.uri().path(),
         caller = Empty,
         trace_id = Empty,
         span_id = Empty,
-        otel.name = %format_args!("{}/{}", rpc.service, rpc.method),
-        otel.kind = "server",
     );
-    // Attributes of the trace span only, not fields: they would repeat on every log line.
-    span.set_attribute("rpc.system", "grpc");
-    span.set_attribute("rpc.service", rpc.service);
-    span.set_attribute("rpc.method", rpc.method);
     let parent = traces::remote_parent(request.headers());
-    // Without the OpenTelemetry layer (traces off) there is nothing to attach the parent to;
-    // the log lines still get the caller's trace id below.
-    let _ = span.set_parent(parent.clone());
-    let ours = span.context();
-    match traces::span_ids(&ours) {
-        Some((trace_id, span_id)) => {
+    let trace = traces::server_span(rpc.service, rpc.method, &parent);
+    // Traces off: the log lines still name the caller's trace.
+    match traces::span_ids(trace.as_ref().unwrap_or(&parent)) {
+        Some((trace_id, span_id)) if trace.is_some() => {
             span.record("trace_id", trace_id);
             span.record("span_id", span_id);
         }
-        None => {
-            if let Some((trace_id, _)) = traces::span_ids(&parent) {
-                span.record("trace_id", trace_id);
-            }
+        Some((trace_id, _)) => {
+            span.record("trace_id", trace_id);
         }
+        None => {}
     }
-    span
+    (span, trace)
 }
 
 /// The codes the RPC semantic conventions count as server errors (span status Error); the
@@ -169,6 +171,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 struct Call {
     rpc: Rpc,
     span: Span,
+    trace: Option<opentelemetry::Context>,
     started: Instant,
     finished: bool,
 }
@@ -182,10 +185,13 @@ impl Call {
         let elapsed = self.started.elapsed();
         self.rpc.handled(code, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.span.set_attribute("rpc.grpc.status_code", code as i64);
-        if is_server_error(code) {
-            self.span
-                .set_status(opentelemetry::trace::Status::error(code.description()));
+        if let Some(trace) = &self.trace {
+            let span = trace.span();
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+            if is_server_error(code) {
+                span.set_status(Status::error(code.description()));
+            }
+            span.end();
         }
         self.span
             .in_scope(|| tracing::info!(?code, latency_us, "finished"));

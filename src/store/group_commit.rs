@@ -29,7 +29,6 @@ use std::{
 
 use sqlx::{Executor, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
 use super::{
     enrollments::{Assigned, INSERT, SELECT, after_insert},
@@ -39,6 +38,7 @@ use super::{
 use crate::{
     domain::StudentCourse,
     error::{Error, Result},
+    telemetry::traces,
 };
 
 /// The most enrollments one transaction commits.
@@ -97,14 +97,12 @@ impl Assigner {
         if self.queue.send(pending).is_err() {
             return Err(Error::Unavailable(sqlx::Error::PoolClosed));
         }
-        let span = tracing::info_span!(
-            "group_commit",
-            otel.name = "sqlite group commit",
-            otel.kind = "client",
-            db.system = observe::SQLITE_SYSTEM,
-            db.operation.name = "assign_course",
+        let _span = traces::client_span(
+            "sqlite group commit",
+            observe::SQLITE_SYSTEM,
+            "assign_course",
         );
-        self.wait_for(state, answer).instrument(span).await
+        self.wait_for(state, answer).await
     }
 
     /// Waits for the batch that runs the call, or gives up after `max_wait` if none took it.

@@ -1,15 +1,14 @@
 //! What the store reports to the metrics recorder (a no-op unless the server serves metrics):
 //! the time each call waits for a connection, by pool; the time its statements take, by
-//! operation; and, at each scrape, how full each pool is. Each operation is also a CLIENT span
-//! (semantic conventions v1.26.0: `db.system`, `db.operation.name`; never the bound values), a
-//! child of the call's span when traces are exported.
+//! operation; and, at each scrape, how full each pool is. Each operation of a call is also a
+//! CLIENT span of its trace when traces are exported (`telemetry::traces::client_span`).
 
 use std::time::Instant;
 
 use sqlx::{Database, Pool, pool::PoolConnection};
-use tracing::Instrument;
 
 use super::Store;
+use crate::telemetry::traces;
 
 pub(super) const POSTGRES: &str = "postgres";
 /// `db.system` of each backend, as the semantic conventions name them.
@@ -37,14 +36,8 @@ pub(super) async fn statement<T>(
     operation: &'static str,
     work: impl Future<Output = T>,
 ) -> T {
-    let span = tracing::info_span!(
-        "db",
-        otel.name = operation,
-        otel.kind = "client",
-        db.system = system,
-        db.operation.name = operation,
-    );
-    time(operation, work).instrument(span).await
+    let _span = traces::client_span(operation, system, operation);
+    time(operation, work).await
 }
 
 /// Records how long `work` took, without a span (for work done on behalf of several calls).

@@ -5,16 +5,8 @@
 
 use std::{io::IsTerminal, time::Duration};
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Level;
-use tracing_subscriber::{
-    EnvFilter, Layer,
-    filter::{FilterExt, Targets, filter_fn},
-    fmt,
-    layer::SubscriberExt,
-    util::SubscriberInitExt,
-};
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
 
@@ -37,47 +29,18 @@ pub fn init(format: LogFormat) -> Telemetry {
     };
     let mut telemetry = Telemetry::default();
     let mut trace_setup_failed = None;
-    let spans = if traces::wanted() {
+    if traces::wanted() {
         match traces::provider() {
             Ok(provider) => {
-                let layer = tracing_opentelemetry::layer()
-                    .with_tracer(provider.tracer("student-service"))
-                    // Source locations, thread names and busy/idle times on every span: seven
-                    // attributes and a clock read per enter and exit that nobody asked for.
-                    .with_location(false)
-                    .with_threads(false)
-                    .with_tracked_inactivity(false)
-                    // A `target` attribute on every span, and the span made the current
-                    // OpenTelemetry context at every poll: both for OpenTelemetry-native
-                    // instrumentation inside our calls, of which there is none.
-                    .with_target(false)
-                    .with_context_activation(false)
-                    // Our spans only, whatever RUST_LOG says, and never the exporter's own
-                    // (its gRPC client would trace itself in a loop). Log lines become span
-                    // events only from WARN up: the per-call "finished" line repeats what the
-                    // span's status and duration already say.
-                    .with_filter(
-                        Targets::new()
-                            .with_target("student_service", Level::INFO)
-                            .and(filter_fn(|meta| {
-                                meta.is_span() || *meta.level() <= Level::WARN
-                            })),
-                    );
+                traces::install(&provider);
                 telemetry.traces = Some(provider);
-                Some(layer)
             }
-            Err(err) => {
-                trace_setup_failed = Some(err);
-                None
-            }
+            Err(err) => trace_setup_failed = Some(err),
         }
-    } else {
-        None
-    };
+    }
     // A second init (tests start many servers in one process) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
-        .with(spans)
         .try_init();
     if let Some(err) = trace_setup_failed {
         tracing::warn!(error = %err, "cannot set up trace export; running without traces");
