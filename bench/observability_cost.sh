@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What metrics and traces cost: ListCourses and AssignCourse req/s of the release build with
 # observability off, with metrics on (--metrics-listen, scraped every second as a busy
-# Prometheus would), and with metrics and traces on (100% sampling, exported to bench/otlp_sink.py,
-# a collector that is up), in alternating rounds on one machine. Each round seeds a fresh
+# Prometheus would), and with metrics and traces on (100% sampling, exported to
+# examples/otlp_sink.rs, a collector that is up and counts the spans it receives), in alternating rounds on one machine. Each round seeds a fresh
 # database. Prints one line per run and the medians.
 #
 # usage: bench/observability_cost.sh [ROUNDS] [DURATION] [DATABASE_URL_BASE]
@@ -15,14 +15,16 @@ duration=${2:-8s}
 pg_base=${3:-}
 binary=target/release/student-service
 loadgen=target/release/loadgen
+sink=target/release/examples/otlp_sink
 [[ -x $binary && -x $loadgen ]] || cargo build --release --bins
+[[ -x $sink ]] || cargo build --release --example otlp_sink
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 sink_port=$(free_port)
-python3 bench/otlp_sink.py "$sink_port" >"$work/sink.log" 2>&1 &
+"$sink" "$sink_port" >"$work/sink.log" 2>&1 &
 sink_pid=$!
-# Without a sink that is up, "traces" would measure a collector that is down (pip install grpcio).
+# Without a sink that is up, "traces" would measure a collector that is down.
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$sink_port") 2>/dev/null && break; sleep 0.1; done
 kill -0 "$sink_pid" 2>/dev/null || { cat "$work/sink.log"; echo "the OTLP sink did not start" >&2; exit 1; }
 cleanup() { kill "$sink_pid" 2>/dev/null || true; rm -rf "$work"; }
