@@ -11,11 +11,6 @@ use student_service::{
 };
 use tokio::net::TcpListener;
 
-/// mimalloc rather than glibc's malloc: buffers, rows and spans are allocated on one thread and
-/// freed on another all the time, which glibc's arenas handle poorly (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
