@@ -135,6 +135,10 @@ fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<openteleme
     );
     let parent = traces::remote_parent(request.headers());
     let trace = traces::server_span(rpc.service, rpc.method, &parent);
+    if span.is_disabled() {
+        // No log line of the call will be written (RUST_LOG above info): no ids to format.
+        return (span, trace);
+    }
     // Traces off: the log lines still name the caller's trace.
     match traces::span_ids(trace.as_ref().unwrap_or(&parent)) {
         Some((trace_id, span_id)) if trace.is_some() => {

@@ -18,8 +18,8 @@
 
 use std::{
     sync::{
-        Mutex, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -34,7 +34,10 @@ use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
     propagation::TraceContextPropagator,
-    trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
+    trace::{
+        BatchConfigBuilder, BatchSpanProcessor, OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT, SdkTracer,
+        SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    },
 };
 
 const DEFAULT_SERVICE_NAME: &str = "student-service";
@@ -109,10 +112,35 @@ pub(super) fn provider() -> Result<SdkTracerProvider, ExporterBuildError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()?;
+    let queue_size = queue_size();
+    let losses = Arc::new(Losses::default());
+    let exporter = CountingExporter {
+        inner: exporter,
+        losses: losses.clone(),
+    };
+    let batches = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(queue_size)
+                .build(),
+        )
+        .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(CountingExporter::new(exporter))
+        .with_span_processor(BoundedQueue {
+            inner: batches,
+            capacity: queue_size,
+            losses,
+        })
         .with_resource(resource())
         .build())
+}
+
+/// The batch processor's queue size, `OTEL_BSP_MAX_QUEUE_SIZE` as the SDK reads it.
+fn queue_size() -> usize {
+    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+        .ok()
+        .and_then(|size| size.parse().ok())
+        .unwrap_or(OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT)
 }
 
 /// The SDK's resource (which reads `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`), named
@@ -162,24 +190,18 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// The OTLP exporter, with failed batches counted and a warning at most once a minute.
-#[derive(Debug)]
-struct CountingExporter<E> {
-    inner: E,
+/// Spans lost on the way to the collector, and the spans waiting in the batch processor's
+/// queue. The SDK drops a span silently when its queue is full (a collector slower than the
+/// calls); [`BoundedQueue`] keeps it from filling, so every loss is counted here.
+#[derive(Debug, Default)]
+struct Losses {
+    queued: AtomicUsize,
     dropped: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
 }
 
-impl<E> CountingExporter<E> {
-    fn new(inner: E) -> Self {
-        CountingExporter {
-            inner,
-            dropped: AtomicU64::new(0),
-            last_warning: Mutex::new(None),
-        }
-    }
-
-    fn dropped(&self, spans: usize, error: &dyn std::fmt::Display) {
+impl Losses {
+    fn dropped(&self, spans: usize, why: &dyn std::fmt::Display) {
         let spans = spans as u64;
         let total = self.dropped.fetch_add(spans, Ordering::Relaxed) + spans;
         metrics::counter!("student_service_trace_spans_dropped_total").increment(spans);
@@ -189,7 +211,7 @@ impl<E> CountingExporter<E> {
         if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
             tracing::warn!(
-                error = %error,
+                error = %why,
                 dropped_spans_so_far = total,
                 "cannot export trace spans; dropping them (this warning repeats at most once a minute)"
             );
@@ -197,12 +219,61 @@ impl<E> CountingExporter<E> {
     }
 }
 
+/// The batch processor, handed a span only while its queue has room; the others are dropped
+/// and counted.
+#[derive(Debug)]
+struct BoundedQueue<P> {
+    inner: P,
+    capacity: usize,
+    losses: Arc<Losses>,
+}
+
+impl<P: SpanProcessor> SpanProcessor for BoundedQueue<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        // Counted out only once exported (CountingExporter), later than the SDK's own count:
+        // below this capacity, the SDK's queue has room.
+        if self.losses.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.losses.queued.fetch_sub(1, Ordering::AcqRel);
+            self.losses.dropped(
+                1,
+                &"the export queue is full: the collector takes spans slower than calls end",
+            );
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, with the batches it could not deliver counted.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    losses: Arc<Losses>,
+}
+
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         let exported = self.inner.export(batch).await;
+        self.losses.queued.fetch_sub(spans, Ordering::AcqRel);
         if let Err(error) = &exported {
-            self.dropped(spans, error);
+            self.losses.dropped(spans, error);
         }
         exported
     }

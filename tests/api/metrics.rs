@@ -38,7 +38,7 @@ async fn http_get(address: SocketAddr, path: &str) -> (String, String) {
     )
 }
 
-async fn scrape(address: SocketAddr) -> Scrape {
+pub(crate) async fn scrape(address: SocketAddr) -> Scrape {
     let (status, body) = http_get(address, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).expect("valid exposition text")
@@ -52,7 +52,7 @@ fn with_token<T>(message: T) -> Request<T> {
 }
 
 /// A sample's value (counter, gauge or untyped) by name and labels, 0 when absent.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()

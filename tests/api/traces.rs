@@ -24,6 +24,7 @@ use tonic::{Code, Request};
 
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
+    metrics::{scrape, value},
     process::ServerProcess,
 };
 
@@ -32,10 +33,12 @@ on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_da
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-/// Receives spans as an OpenTelemetry Collector would, and keeps them.
+/// Receives spans as an OpenTelemetry Collector would, and keeps them; a slow one takes
+/// `delay` to answer each export.
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
+    delay: Duration,
 }
 
 #[tonic::async_trait]
@@ -44,6 +47,7 @@ impl TraceService for Collector {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        tokio::time::sleep(self.delay).await;
         let spans = request
             .into_inner()
             .resource_spans
@@ -351,4 +355,59 @@ async fn spans_still_buffered_at_shutdown_are_exported_before_exit() {
             .any(|s| s.name == name && hex(&s.trace_id) == CALLER_TRACE),
         "the buffered span was not flushed at exit: {spans:?}"
     );
+}
+
+/// A collector slower than the calls: the spans that find the export queue full are dropped and
+/// counted (the SDK alone would drop them silently), and every call still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_a_slow_collector_cannot_take_are_dropped_and_counted() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let collector = Collector {
+        delay: Duration::from_secs(5),
+        ..Collector::default()
+    };
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let metrics_address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "8"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+            ("METRICS_LISTEN", &metrics_address.to_string()),
+        ],
+    )
+    .await;
+    let (mut students, _) = server.clients().await;
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    let ada = students
+        .create_student(request)
+        .await
+        .expect("create")
+        .into_inner();
+    for _ in 0..50 {
+        students
+            .get_student(pb::GetStudentRequest { student_id: ada.id })
+            .await
+            .expect("calls succeed while the collector is slow");
+    }
+
+    // 51 calls of two spans each; while the collector holds its first batch for 5 s, at most 8
+    // spans (that batch included) are in the processor's hands.
+    let dropped = value(
+        &scrape(metrics_address).await,
+        "student_service_trace_spans_dropped_total",
+        &[],
+    );
+    assert!(dropped >= 51.0, "dropped spans counted: {dropped}");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(30)).await.success());
 }
