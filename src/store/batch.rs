@@ -80,7 +80,11 @@ impl Store {
                 let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
                 let writer = Writer::Postgres(&mut connection);
                 let work = run(writer, student, &courses, now);
-                observe::statement(observe::POSTGRESQL_SYSTEM, "batch_assign_courses", work).await
+                let enrolled =
+                    observe::statement(observe::POSTGRESQL_SYSTEM, "batch_assign_courses", work)
+                        .await;
+                observe::settle(&mut connection, &enrolled);
+                enrolled
             }
         }?;
         let created = enrolled.values().filter(|(_, created)| *created).count();

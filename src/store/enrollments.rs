@@ -1,7 +1,5 @@
-use sqlx::PgPool;
-
 use super::{
-    Store,
+    Connections, Store,
     errors::{is_course_full, is_foreign_key_violation},
     first_row, observe, with_reader, with_writer,
 };
@@ -135,9 +133,9 @@ impl Store {
 }
 
 /// PostgreSQL runs many writers at once: each enrollment commits on its own.
-async fn assign_on_postgres(pool: &PgPool, pair: StudentCourse, now: i64) -> Result<Assigned> {
+async fn assign_on_postgres(pool: &Connections, pair: StudentCourse, now: i64) -> Result<Assigned> {
     let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
-    observe::statement(observe::POSTGRESQL_SYSTEM, "assign_course", async {
+    let assigned = observe::statement(observe::POSTGRESQL_SYSTEM, "assign_course", async {
         for _ in 0..ASSIGN_TRIES {
             let inserted = sqlx::query_scalar(INSERT)
                 .bind(pair.student_id)
@@ -161,5 +159,7 @@ async fn assign_on_postgres(pool: &PgPool, pair: StudentCourse, now: i64) -> Res
             "the enrollment kept vanishing between insert and read".into(),
         ))
     })
-    .await
+    .await;
+    observe::settle(&mut connection, &assigned);
+    assigned
 }

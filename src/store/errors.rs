@@ -26,6 +26,17 @@ pub(super) fn shared(err: &sqlx::Error) -> Error {
     }
 }
 
+/// Whether a statement that failed with `err` left its connection fit for the next one: the
+/// database refused it (a constraint, a trigger's exception, no row) and said so, with nothing
+/// wrong on the connection itself.
+pub(super) fn leaves_connection_clean(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::RowNotFound => true,
+        sqlx::Error::Database(_) => !matches!(classify(err), Class::Unavailable),
+        _ => false,
+    }
+}
+
 enum Class {
     Unavailable,
     Conflict,

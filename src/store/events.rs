@@ -10,10 +10,10 @@
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio::sync::watch;
 
-use super::{Store, with_reader, with_writer};
+use super::{Connections, Store, with_reader, with_writer};
 use crate::{domain::EventFilter, error::Result};
 
 /// One stored event, numbered.
@@ -397,16 +397,16 @@ impl Sequencer {
 }
 
 /// A connection whose session holds the advisory lock `key`, or none if another session does.
-async fn claim(pool: &PgPool, key: i64) -> Option<PgConnection> {
-    let mut connection = pool.acquire().await.ok()?;
+/// It is a connection of its own, outside the pool (closing the pool does not wait for it): the
+/// lock lives as long as this session.
+async fn claim(pool: &Connections, key: i64) -> Option<PgConnection> {
+    let mut connection = pool.detached().await.ok()?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(key)
-        .fetch_one(&mut *connection)
+        .fetch_one(&mut connection)
         .await
         .ok()?;
-    // Out of the pool for good (the pool opens another in its place, and closing the pool does
-    // not wait for it): the lock lives as long as this session.
-    locked.then(|| connection.detach())
+    locked.then_some(connection)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod events;
 mod group_commit;
 mod migrate;
 mod observe;
+mod pg_pool;
 mod postgres;
 mod redact;
 mod sqlite;
@@ -35,12 +36,13 @@ mod verify;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::SqlitePool;
 
 pub use checkpoint::Checkpointer;
 pub use events::{Event, EventRange, Leadership, follow_head, retain_events};
 pub use group_commit::Assigner;
 pub use migrate::Applied;
+pub use pg_pool::{Connections, Lent};
 pub use redact::redact;
 pub use sqlite::{ClaimError, Location, ServingClaim};
 
@@ -72,7 +74,8 @@ pub enum Store {
         /// The file, or memory (see `sqlite`).
         location: sqlite::Location,
     },
-    Postgres(PgPool),
+    /// Our own pool (see `pg_pool`): sqlx's pings every connection it takes back.
+    Postgres(Connections),
 }
 
 /// Runs the same read-only expression against a connection from whichever pool the store reads
@@ -112,9 +115,13 @@ macro_rules! with_connection {
     ($from:expr, $name:ident, $system:ident, $operation:expr, $pool:ident => $body:expr) => {
         match $crate::store::observe::acquire($from, $crate::store::observe::$name).await {
             Ok(mut connection) => {
-                let $pool = &mut *connection;
-                let system = $crate::store::observe::$system;
-                $crate::store::observe::statement(system, $operation, async { $body }).await
+                let result = {
+                    let $pool = &mut *connection;
+                    let system = $crate::store::observe::$system;
+                    $crate::store::observe::statement(system, $operation, async { $body }).await
+                };
+                $crate::store::observe::settle(&mut connection, &result);
+                result
             }
             Err(err) => Err(err.into()),
         }

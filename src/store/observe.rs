@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use sqlx::{Database, Pool, pool::PoolConnection};
 
-use super::Store;
+use super::{Connections, Lent, Store, errors};
+use crate::error::Error;
 use crate::telemetry::traces;
 
 pub(super) const POSTGRES: &str = "postgres";
@@ -17,13 +18,81 @@ pub(super) const SQLITE_SYSTEM: &str = "sqlite";
 pub(super) const SQLITE_READERS: &str = "sqlite_readers";
 pub(super) const SQLITE_WRITER: &str = "sqlite_writer";
 
+/// A pool of either kind: sqlx's (SQLite) or ours (PostgreSQL, `pg_pool`).
+pub(super) trait Lend {
+    type Lent: Settle;
+
+    fn lend(&self) -> impl Future<Output = Result<Self::Lent, sqlx::Error>> + Send;
+}
+
+impl<DB: Database> Lend for Pool<DB> {
+    type Lent = PoolConnection<DB>;
+
+    fn lend(&self) -> impl Future<Output = Result<Self::Lent, sqlx::Error>> + Send {
+        self.acquire()
+    }
+}
+
+impl Lend for Connections {
+    type Lent = Lent;
+
+    fn lend(&self) -> impl Future<Output = Result<Lent, sqlx::Error>> + Send {
+        self.acquire()
+    }
+}
+
+/// A lent connection, told how the operation on it ended (see `pg_pool::Lent::settle`).
+pub(super) trait Settle {
+    fn settle(&mut self, clean: bool);
+}
+
+impl<DB: Database> Settle for PoolConnection<DB> {
+    /// sqlx's pool settles every connection itself.
+    fn settle(&mut self, _clean: bool) {}
+}
+
+impl Settle for Lent {
+    fn settle(&mut self, clean: bool) {
+        Lent::settle(self, clean);
+    }
+}
+
+/// The end of an operation: did it leave its connection clean (it ran to its end and failed,
+/// if at all, in the database rather than on the wire)?
+pub(super) trait Outcome {
+    fn leaves_connection_clean(&self) -> bool;
+}
+
+impl<T> Outcome for Result<T, sqlx::Error> {
+    fn leaves_connection_clean(&self) -> bool {
+        self.as_ref()
+            .err()
+            .is_none_or(errors::leaves_connection_clean)
+    }
+}
+
+/// Migrations run once at start; a failed one is settled with a ping whatever it was.
+impl<T> Outcome for Result<T, sqlx::migrate::MigrateError> {
+    fn leaves_connection_clean(&self) -> bool {
+        self.is_ok()
+    }
+}
+
+impl<T> Outcome for Result<T, Error> {
+    fn leaves_connection_clean(&self) -> bool {
+        !matches!(self, Err(Error::Unavailable(_) | Error::Internal(_)))
+    }
+}
+
+/// Tells `connection` how the operation on it ended.
+pub(super) fn settle(connection: &mut impl Settle, outcome: &impl Outcome) {
+    connection.settle(outcome.leaves_connection_clean());
+}
+
 /// A connection from `pool`, the wait recorded under `name`.
-pub(super) async fn acquire<DB: Database>(
-    pool: &Pool<DB>,
-    name: &'static str,
-) -> Result<PoolConnection<DB>, sqlx::Error> {
+pub(super) async fn acquire<P: Lend>(pool: &P, name: &'static str) -> Result<P::Lent, sqlx::Error> {
     let started = Instant::now();
-    let connection = pool.acquire().await;
+    let connection = pool.lend().await;
     metrics::histogram!("student_service_db_pool_acquire_seconds", "pool" => name)
         .record(started.elapsed().as_secs_f64());
     connection
@@ -65,17 +134,26 @@ impl Store {
                     record_pool(writer, SQLITE_WRITER);
                 }
             }
-            Store::Postgres(pool) => record_pool(pool, POSTGRES),
+            Store::Postgres(pool) => record_gauges(
+                POSTGRES,
+                pool.size(),
+                pool.num_idle(),
+                pool.max_connections(),
+            ),
         }
     }
 }
 
 fn record_pool<DB: Database>(pool: &Pool<DB>, name: &'static str) {
-    let size = f64::from(pool.size());
-    let idle = pool.num_idle() as f64;
+    let max = pool.options().get_max_connections();
+    record_gauges(name, pool.size(), pool.num_idle(), max);
+}
+
+fn record_gauges(name: &'static str, size: u32, idle: usize, max: u32) {
+    let size = f64::from(size);
+    let idle = idle as f64;
     let connections = "student_service_db_pool_connections";
-    metrics::gauge!(connections, "pool" => name, "state" => "in_use").set(size - idle);
+    metrics::gauge!(connections, "pool" => name, "state" => "in_use").set((size - idle).max(0.0));
     metrics::gauge!(connections, "pool" => name, "state" => "idle").set(idle);
-    metrics::gauge!("student_service_db_pool_max_connections", "pool" => name)
-        .set(f64::from(pool.options().get_max_connections()));
+    metrics::gauge!("student_service_db_pool_max_connections", "pool" => name).set(f64::from(max));
 }

@@ -7,12 +7,9 @@
 
 use std::str::FromStr;
 
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use sqlx::postgres::PgConnectOptions;
 
-use super::PoolSettings;
+use super::{PoolSettings, pg_pool::Connections};
 
 /// The parameters sqlx 0.9's PostgreSQL driver reads (sqlx-postgres `options/parse.rs`), plus
 /// the `options[NAME]` form.
@@ -37,7 +34,7 @@ const KNOWN_PARAMETERS: &[&str] = &[
     "options",
 ];
 
-pub(super) async fn open(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+pub(super) async fn open(url: &str, settings: &PoolSettings) -> Result<Connections, sqlx::Error> {
     let mut options = PgConnectOptions::from_str(&without_unknown_parameters(url))?
         .application_name("student-service");
     // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
@@ -49,14 +46,7 @@ pub(super) async fn open(url: &str, settings: &PoolSettings) -> Result<PgPool, s
     {
         options = options.options([("client_min_messages", "warning")]);
     }
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        // A broken connection fails its query with an I/O error (UNAVAILABLE to that caller) and
-        // is then discarded; pinging before every query would double the round trips.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await
+    Connections::open(options, settings.max_connections, settings.acquire_timeout).await
 }
 
 /// The URL without the query parameters sqlx would ignore, each dropped with a warning naming

@@ -56,7 +56,11 @@ macro_rules! read_with {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
             student_service::store::Store::Sqlite { readers: $pool, .. } => $body,
-            student_service::store::Store::Postgres($pool) => $body,
+            student_service::store::Store::Postgres(pool) => {
+                let mut connection = pool.acquire().await.expect("a connection");
+                let $pool = &mut *connection;
+                $body
+            }
         }
     };
 }

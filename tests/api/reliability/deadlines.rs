@@ -240,13 +240,14 @@ async fn wait_until_writes_wait(app: &TestApp, writers: usize) {
     let Store::Postgres(pool) = &app.store else {
         return;
     };
+    let mut connection = pool.acquire().await.expect("a connection");
     let started = Instant::now();
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .fetch_one(pool)
+        .fetch_one(&mut *connection)
         .await
         .expect("read pg_stat_activity");
         if waiting as usize >= writers {
