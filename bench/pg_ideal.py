@@ -6,7 +6,9 @@
    AssignCourse, 16 calls in flight over 4 connections).
 2. Runs pgbench on that same database with the very SQL the store runs, read from the Rust
    sources at run time (src/store/courses.rs SELECT_PAGE_OF_STUDENT, src/store/enrollments.rs
-   INSERT), prepared, with as many clients as the server's pool has connections (8).
+   INSERT), prepared, with as many clients as the server's pool has connections (8). The INSERT
+   enrolls random pairs over 2,000 courses of its own, so that nearly every one creates a row as
+   the load generator's calls do, and its rate is the rows it inserted per second.
 3. Prints, for each RPC, the ideal a server adding no cost of its own between the two would
    reach, 1 / (1/pgbench + 1/health), and the service's ratio to it.
 
@@ -97,6 +99,8 @@ def pgbench(url, script, seconds):
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", run.stdout)
     if not match:
         sys.exit(f"no tps in pgbench's output:\n{run.stdout}\n{run.stderr}")
+    if "aborted" in run.stdout + run.stderr:
+        sys.exit(f"pgbench clients aborted:\n{run.stdout}\n{run.stderr}")
     return float(match.group(1))
 
 
@@ -111,20 +115,33 @@ def main():
     # The students the load generator enrolled in 10 courses, and its open courses.
     students = psql(url, "SELECT min(student_id) || ' ' || max(student_id) FROM student_courses "
                          "WHERE course_id IN (SELECT id FROM courses WHERE code LIKE 'C%')").split()
-    courses = psql(url, "SELECT min(id) || ' ' || max(id) FROM courses WHERE code LIKE 'A%'").split()
+    # Courses of pgbench's own, so that its random pairs are almost all new enrollments, as the
+    # load generator's are (the load generator's 200 open courses are mostly taken by then).
+    psql(url, "INSERT INTO courses (code, title, title_folded, capacity, create_time) "
+              "SELECT 'PGBENCH-' || g, 'pgbench ' || g, 'PGBENCH ' || g, 0, 0 "
+              "FROM generate_series(1, 2000) AS g")
+    courses = psql(url, "SELECT min(id) || ' ' || max(id) FROM courses WHERE code LIKE 'PGBENCH-%'").split()
 
     list_sql = rust_const("src/store/courses.rs", "SELECT_PAGE_OF_STUDENT")
     insert_sql = rust_const("src/store/enrollments.rs", "INSERT")
     # $1 student, $2 the page's keyset (0: first page), $3 the fetch limit (page of 50, plus one)
     list_script = (f"\\set student random({students[0]}, {students[1]})\n"
                    + list_sql.replace("$1", ":student").replace("$2", "0").replace("$3", "51") + ";\n")
-    # $1 student, $2 course (random pairs of the open courses), $3 enroll time
+    # $1 student, $2 course (random pairs of pgbench's courses), $3 enroll time
     insert_script = (f"\\set student random({students[0]}, {students[1]})\n"
                      f"\\set course random({courses[0]}, {courses[1]})\n"
                      + insert_sql.replace("$1", ":student").replace("$2", ":course")
                      .replace("$3", "0") + ";\n")
-    database = {"ListCourses": pgbench(url, list_script, seconds),
-                "AssignCourse": pgbench(url, insert_script, seconds)}
+    count = "SELECT count(*) FROM student_courses"
+    database = {"ListCourses": pgbench(url, list_script, seconds)}
+    before = int(psql(url, count))
+    inserts = pgbench(url, insert_script, seconds)
+    # A random pair may exist already (DO NOTHING: no row, no write to make durable; a few
+    # percent of them here), while every AssignCourse of the load generator creates one: count
+    # only what was inserted.
+    database["AssignCourse"] = (int(psql(url, count)) - before) / seconds
+    print(f"pgbench INSERT: {inserts:,.0f} tps, of which {database['AssignCourse']:,.0f} "
+          f"inserted a row")
 
     health = service["Health"]
     print(f"Health/Check through the server: {health:,.0f} req/s")
