@@ -32,7 +32,19 @@ pub(super) fn shared(err: &sqlx::Error) -> Error {
 pub(super) fn leaves_connection_clean(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::RowNotFound => true,
-        sqlx::Error::Database(_) => !matches!(classify(err), Class::Unavailable),
+        sqlx::Error::Database(db) => {
+            // A FATAL error ends the session whatever its code (e.g. 40001 "terminating
+            // connection due to conflict with recovery").
+            let fatal = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| {
+                    matches!(
+                        pg.severity(),
+                        sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                    )
+                });
+            !fatal && !matches!(classify(err), Class::Unavailable)
+        }
         _ => false,
     }
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
-use super::{Connections, Store, with_reader, with_writer};
+use super::{Store, with_reader, with_writer};
 use crate::{domain::EventFilter, error::Result};
 
 /// One stored event, numbered.
@@ -311,8 +311,10 @@ pub async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Durat
 pub struct Leadership {
     key: i64,
     job: &'static str,
-    /// The connection whose session holds the lock; none while another replica has it.
-    holder: Option<PgConnection>,
+    /// The session that holds the lock, or tries for it at each call while another replica
+    /// has it (one session kept, not one opened per try).
+    session: Option<PgConnection>,
+    holds: bool,
 }
 
 impl Leadership {
@@ -325,7 +327,8 @@ impl Leadership {
         Leadership {
             key,
             job,
-            holder: None,
+            session: None,
+            holds: false,
         }
     }
 
@@ -334,12 +337,10 @@ impl Leadership {
         let Store::Postgres(pool) = store else {
             return true;
         };
-        if let Some(connection) = self.holder.as_mut() {
+        if self.holds {
             // A session that died took the lock with it.
-            if sqlx::query("SELECT 1")
-                .execute(&mut *connection)
-                .await
-                .is_ok()
+            if let Some(session) = self.session.as_mut()
+                && sqlx::query("SELECT 1").execute(session).await.is_ok()
             {
                 return true;
             }
@@ -347,13 +348,28 @@ impl Leadership {
                 job = self.job,
                 "lost the session holding the lock; claiming again"
             );
-            self.holder = None;
+            self.holds = false;
+            self.session = None;
         }
-        self.holder = claim(pool, self.key).await;
-        if self.holder.is_some() {
-            tracing::info!("this replica {} (advisory lock taken)", self.job);
+        if self.session.is_none() {
+            self.session = pool.detached().await.ok();
         }
-        self.holder.is_some()
+        let Some(session) = self.session.as_mut() else {
+            return false;
+        };
+        match sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(self.key)
+            .fetch_one(session)
+            .await
+        {
+            Ok(true) => {
+                self.holds = true;
+                tracing::info!("this replica {} (advisory lock taken)", self.job);
+            }
+            Ok(false) => {}
+            Err(_) => self.session = None,
+        }
+        self.holds
     }
 }
 
@@ -376,7 +392,7 @@ impl Sequencer {
         if !self.leadership.hold(store).await {
             return;
         }
-        let Some(connection) = self.leadership.holder.as_mut() else {
+        let Some(connection) = self.leadership.session.as_mut() else {
             return;
         };
         loop {
@@ -394,19 +410,6 @@ impl Sequencer {
             }
         }
     }
-}
-
-/// A connection whose session holds the advisory lock `key`, or none if another session does.
-/// It is a connection of its own, outside the pool (closing the pool does not wait for it): the
-/// lock lives as long as this session.
-async fn claim(pool: &Connections, key: i64) -> Option<PgConnection> {
-    let mut connection = pool.detached().await.ok()?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut connection)
-        .await
-        .ok()?;
-    locked.then_some(connection)
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ use sqlx::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// How long a connection returned unsettled may take to answer its ping (sqlx's pool gives a
+/// closing connection as long).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The pool; cloning is cheap (a shared handle).
 #[derive(Debug, Clone)]
 pub struct Connections {
@@ -105,9 +109,12 @@ impl Connections {
     }
 
     /// A connection of its own, outside the pool and its maximum (for a session that holds an
-    /// advisory lock for as long as it lives).
+    /// advisory lock for as long as it lives), within the acquire timeout.
     pub async fn detached(&self) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect_with(&self.shared.options).await
+        let connecting = PgConnection::connect_with(&self.shared.options);
+        tokio::time::timeout(self.shared.acquire_timeout, connecting)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
     /// Waits for every lent connection to come back, then closes them all; later acquires
@@ -201,9 +208,13 @@ impl Drop for Lent {
         };
         runtime.spawn(async move {
             // Sends what is queued (a dropped transaction's ROLLBACK), reads what a cancelled
-            // statement left unread, and checks the connection answers.
-            match connection.ping().await {
-                Ok(()) if !connection.is_in_transaction() => shared.lock_idle().push(connection),
+            // statement left unread, and checks the connection answers; a connection that takes
+            // longer (a long statement still running, a half-open socket) is not worth waiting
+            // for, and would hold its permit, and shutdown, meanwhile.
+            match tokio::time::timeout(SETTLE_TIMEOUT, connection.ping()).await {
+                Ok(Ok(())) if !connection.is_in_transaction() => {
+                    shared.lock_idle().push(connection);
+                }
                 _ => shared.discard(),
             }
             drop(permit);
