@@ -65,8 +65,6 @@ impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Observe<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    S::Error: 'static,
-    ResBody: 'static,
 {
     type Response = http::Response<ObservedBody<ResBody>>;
     type Error = S::Error;
@@ -94,13 +92,13 @@ where
             request
         };
         let response = span.in_scope(|| self.inner.call(request));
-        let response: BoxFuture<_> = match &trace {
-            Some(trace) => Box::pin(response.with_context(trace.clone())),
-            None => Box::pin(response),
-        };
         Box::pin(
             async move {
-                let (parts, body) = response.await?.into_parts();
+                let response = match &trace {
+                    Some(trace) => response.with_context(trace.clone()).await,
+                    None => response.await,
+                };
+                let (parts, body) = response?.into_parts();
                 let mut call = Call {
                     rpc,
                     span: Span::current(),

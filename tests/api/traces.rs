@@ -93,6 +93,20 @@ impl Collector {
     }
 }
 
+async fn create_ada(
+    students: &mut pb::student_service_client::StudentServiceClient<tonic::transport::Channel>,
+) -> pb::Student {
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    students
+        .create_student(request)
+        .await
+        .expect("create")
+        .into_inner()
+}
+
 fn traced<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
@@ -134,15 +148,7 @@ async fn the_server_span_continues_the_callers_trace_and_parents_the_database_sp
     )
     .await;
     let (mut students, mut courses) = server.clients().await;
-    let request = pb::CreateStudentRequest {
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
-    let ada = students
-        .create_student(request)
-        .await
-        .expect("create")
-        .into_inner();
+    let ada = create_ada(&mut students).await;
     let request = pb::CreateCourseRequest {
         code: "ONE".into(),
         title: "One seat".into(),
@@ -384,15 +390,7 @@ async fn spans_a_slow_collector_cannot_take_are_dropped_and_counted() {
     )
     .await;
     let (mut students, _) = server.clients().await;
-    let request = pb::CreateStudentRequest {
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
-    let ada = students
-        .create_student(request)
-        .await
-        .expect("create")
-        .into_inner();
+    let ada = create_ada(&mut students).await;
     for _ in 0..50 {
         students
             .get_student(pb::GetStudentRequest { student_id: ada.id })
