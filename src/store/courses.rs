@@ -1,4 +1,6 @@
-use super::{Store, errors::is_unique_violation, first_row, with_reader, with_writer};
+use super::{
+    Store, errors::is_unique_violation, first_row, observe, sqlite_direct, with_reader, with_writer,
+};
 use crate::{
     domain::{Course, CourseUpdate, Delete, NewCourse, PageRequest, SearchQuery},
     error::{Error, Resource, Result},
@@ -153,16 +155,46 @@ impl Store {
         student_id: i64,
         page: &PageRequest,
     ) -> Result<Vec<Course>> {
-        let courses: Vec<Course> = with_reader!(self, "list_courses", pool => sqlx::query_as(SELECT_PAGE_OF_STUDENT)
-            .bind(student_id)
-            .bind(page.after)
-            .bind(page.fetch_limit())
-            .fetch_all(pool)
-            .await)?;
+        let courses = match self.courses_of_directly(student_id, page).await? {
+            Some(courses) => courses,
+            None => {
+                with_reader!(self, "list_courses", pool => sqlx::query_as(SELECT_PAGE_OF_STUDENT)
+                .bind(student_id)
+                .bind(page.after)
+                .bind(page.fetch_limit())
+                .fetch_all(pool)
+                .await)?
+            }
+        };
         // Rows prove the student exists; only an empty page needs the extra look-up.
         if courses.is_empty() && !self.student_exists(student_id).await? {
             return Err(Error::NotFound(Resource::Student, student_id));
         }
         Ok(courses)
+    }
+
+    /// The page through SQLite's direct readers (see `sqlite_direct`); `None` when there are
+    /// none (PostgreSQL, memory) or they could not read without waiting.
+    async fn courses_of_directly(
+        &self,
+        student_id: i64,
+        page: &PageRequest,
+    ) -> Result<Option<Vec<Course>>> {
+        let Store::Sqlite {
+            direct: Some(direct),
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let (after, limit) = (page.after, page.fetch_limit());
+        let read = direct.read(limit, move |connection| {
+            sqlite_direct::courses(
+                connection,
+                SELECT_PAGE_OF_STUDENT,
+                (student_id, after, limit),
+            )
+        });
+        observe::statement(observe::SQLITE_SYSTEM, "list_courses", read).await
     }
 }

@@ -31,6 +31,7 @@ mod pg_pool;
 mod postgres;
 mod redact;
 mod sqlite;
+mod sqlite_direct;
 mod students;
 mod verify;
 
@@ -45,6 +46,7 @@ pub use migrate::Applied;
 pub use pg_pool::{Connections, Lent};
 pub use redact::redact;
 pub use sqlite::{ClaimError, Location, ServingClaim};
+pub use sqlite_direct::DirectReaders;
 
 use crate::error::Resource;
 pub use verify::Violation;
@@ -73,6 +75,8 @@ pub enum Store {
         checkpointer: Option<Arc<Checkpointer>>,
         /// The file, or memory (see `sqlite`).
         location: sqlite::Location,
+        /// ListCourses' reads on a file (see `sqlite_direct`); none in memory.
+        direct: Option<Arc<DirectReaders>>,
     },
     /// Our own pool (see `pg_pool`): sqlx's pings every connection it takes back.
     Postgres(Connections),
@@ -140,6 +144,13 @@ pub enum ConnectError {
     Missing(PathBuf),
     #[error("cannot open the database: {0}")]
     Open(#[from] sqlx::Error),
+    #[error("cannot open the database for reading: {0}")]
+    Direct(#[source] rusqlite::Error),
+}
+
+/// One direct reader per runtime thread, which read inline, and two for the blocking pool.
+fn direct_connections() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |runtime| runtime.metrics().num_workers()) + 2
 }
 
 /// Who opens the database, which decides what may happen to a SQLite file.
@@ -208,7 +219,14 @@ impl Store {
         let checkpointer = (opener == Opener::Server
             && matches!(location, sqlite::Location::File(_)))
         .then(|| Arc::new(Checkpointer::start(readers.clone())));
+        let direct = match &location {
+            sqlite::Location::File(path) => Some(Arc::new(
+                DirectReaders::open(path, direct_connections()).map_err(ConnectError::Direct)?,
+            )),
+            sqlite::Location::Memory => None,
+        };
         Ok(Store::Sqlite {
+            direct,
             assigner: Assigner::start(writer.clone(), timeout),
             readers,
             writer,

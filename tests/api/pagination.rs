@@ -8,6 +8,7 @@ on_both_backends!(
     list_students_and_search_walk_every_page_once,
     page_tokens_from_elsewhere_are_invalid_argument,
     page_size_defaults_clamps_and_rejects_negatives,
+    pages_of_any_size_list_the_same_courses,
 );
 
 async fn list_courses_walks_every_page_once(backend: Backend) {
@@ -184,5 +185,36 @@ async fn page_size_defaults_clamps_and_rejects_negatives(backend: Backend) {
         violated_fields(&status),
         ["student_id", "page_size", "page_token"]
     );
+    app.stop().await;
+}
+
+/// Small pages of a SQLite file are read on the calling thread, large ones on the blocking pool
+/// (see `store::sqlite_direct`); every size lists the same courses, in order.
+async fn pages_of_any_size_list_the_same_courses(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    let mut expected = Vec::new();
+    for i in 0..150 {
+        let course = app.create_course(&format!("C-{i}"), "Course", 0).await;
+        app.assign(ada.id, course.id).await.expect("assign");
+        expected.push(course.id);
+    }
+
+    for page_size in [1, 50, 100, 101, 149, 150, 1000] {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = app
+                .list_courses(ada.id, page_size, &token)
+                .await
+                .expect("ListCourses");
+            seen.extend(page.courses.iter().map(|c| c.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen, expected, "page_size {page_size}");
+    }
     app.stop().await;
 }
