@@ -199,7 +199,10 @@ mod tests {
     }
 
     #[tokio::test]
-    #[expect(clippy::await_holding_lock, reason = "the connection is held in use on purpose")]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the connection is held in use on purpose"
+    )]
     async fn no_free_connection_is_left_to_the_pool() {
         let (_dir, readers, _writer) = database();
         let readers = Arc::new(readers);
