@@ -19,7 +19,8 @@
 //! The status of a successful unary call travels in the HTTP/2 trailers, after the body, so the
 //! call finishes when the trailers pass through; errors answered before any body carry their
 //! status in the headers. A call whose response is dropped unfinished (the client cancelled or
-//! its deadline passed) finishes as CANCELLED. Messages are counted from the gRPC framing of the
+//! its deadline passed) finishes as CANCELLED, and so does one whose connection closed before its
+//! request was read whole (tonic answers UNKNOWN to no one). Messages are counted from the gRPC framing of the
 //! bodies (a 5-byte prefix, then the message), as they pass.
 
 use std::{
@@ -167,7 +168,21 @@ fn is_server_error(code: Code) -> bool {
 
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    Some(Code::from_i32(value))
+    match Code::from_i32(value) {
+        Code::Unknown if connection_lost(headers) => Some(Code::Cancelled),
+        code => Some(code),
+    }
+}
+
+/// Whether tonic's UNKNOWN says the connection broke while it read the request: the client
+/// closed it mid-call (or the network did), so no one is there to answer, which grpc-go counts
+/// as CANCELLED too. The message is tonic's, still percent-encoded as it travels.
+fn connection_lost(headers: &HeaderMap) -> bool {
+    headers.get("grpc-message").is_some_and(|message| {
+        message
+            .as_bytes()
+            .ends_with(b"error%20reading%20a%20body%20from%20connection")
+    })
 }
 
 struct Call {

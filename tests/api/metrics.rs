@@ -15,10 +15,70 @@ use tonic::{Code, Request};
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
     process::ServerProcess,
-    reliability::raw::{RawClient, frame},
+    reliability::raw::{RawClient, Unfinished, frame},
 };
 
 on_both_backends!(every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data);
+
+/// A client that closes its connection halfway through a request is gone: tonic answers
+/// UNKNOWN to no one, the call counts as CANCELLED (as grpc-go counts it), not as a server error.
+#[tokio::test]
+async fn a_call_whose_client_closes_the_connection_mid_request_counts_as_canceled() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("school.db").display());
+    let metrics_address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let metrics = metrics_address.to_string();
+    let server = ServerProcess::start(&url, &[("METRICS_LISTEN", &metrics)]).await;
+    let list_courses = [
+        ("grpc_service", "school.v1.StudentService"),
+        ("grpc_method", "ListCourses"),
+    ];
+
+    // Half of a 7-byte ListCoursesRequest frame, then the connection closes once the call began.
+    let path = "/school.v1.StudentService/ListCourses";
+    let call = Unfinished::start(server.address, path, frame(0, 7, &[0x08])).await;
+    let started = || async {
+        value(
+            &scrape(metrics_address).await,
+            "grpc_server_started_total",
+            &list_courses,
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while started().await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    call.close_connection();
+
+    let handled = loop {
+        let scrape = scrape(metrics_address).await;
+        let handled = value(&scrape, "grpc_server_handled_total", &list_courses);
+        if handled >= 1.0 {
+            break scrape;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let with_code = |code| [list_courses[0], list_courses[1], ("grpc_code", code)];
+    let canceled = value(
+        &handled,
+        "grpc_server_handled_total",
+        &with_code("Canceled"),
+    );
+    let unknown = value(&handled, "grpc_server_handled_total", &with_code("Unknown"));
+    assert_eq!((canceled, unknown), (1.0, 0.0));
+    server.kill().await;
+}
 
 const TOKEN: &str = "metrics-test-token-0123456789";
 

@@ -108,6 +108,43 @@ fn grpc_message(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
+/// A call whose request was begun and never finished, on a connection of its own.
+pub(crate) struct Unfinished {
+    connection: tokio::task::JoinHandle<()>,
+    // Held open: dropping them would reset the stream instead.
+    _stream: h2::SendStream<Bytes>,
+    _response: h2::client::ResponseFuture,
+}
+
+impl Unfinished {
+    /// Starts a call to `path` with `body` as the beginning of its request.
+    pub(crate) async fn start(address: SocketAddr, path: &str, body: Bytes) -> Unfinished {
+        let tcp = TcpStream::connect(address).await.expect("connect");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut send = send.ready().await.expect("ready to send");
+        let request = http::Request::post(format!("http://{address}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a valid request head");
+        let (response, mut stream) = send.send_request(request, false).expect("request sent");
+        stream.send_data(body, false).expect("body sent");
+        Unfinished {
+            connection,
+            _stream: stream,
+            _response: response,
+        }
+    }
+
+    /// Closes the connection mid-request, as a client that crashed or lost its network would.
+    pub(crate) fn close_connection(self) {
+        self.connection.abort();
+    }
+}
+
 /// A gRPC frame: the compressed flag, the declared length (big-endian), then `payload`.
 pub(crate) fn frame(flag: u8, declared_len: u32, payload: &[u8]) -> Bytes {
     let mut framed = Vec::with_capacity(5 + payload.len());
