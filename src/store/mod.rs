@@ -220,10 +220,13 @@ impl Store {
             && matches!(location, sqlite::Location::File(_)))
         .then(|| Arc::new(Checkpointer::start(readers.clone())));
         let direct = match &location {
-            sqlite::Location::File(path) => Some(Arc::new(
-                DirectReaders::open(path, direct_connections()).map_err(ConnectError::Direct)?,
-            )),
-            sqlite::Location::Memory => None,
+            sqlite::Location::File(path)
+                if opener == Opener::Server && !sqlite::names_a_vfs(url) =>
+            {
+                let readers = DirectReaders::open(path, direct_connections());
+                Some(Arc::new(readers.map_err(ConnectError::Direct)?))
+            }
+            _ => None,
         };
         Ok(Store::Sqlite {
             direct,
@@ -256,8 +259,15 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite {
-                readers, writer, ..
+                readers,
+                writer,
+                direct,
+                ..
             } => {
+                // First: the WAL is folded back only when a pool connection closes last.
+                if let Some(direct) = direct {
+                    direct.close();
+                }
                 tokio::join!(readers.close(), writer.close());
             }
             Store::Postgres(pool) => pool.close().await,

@@ -53,6 +53,16 @@ fn is_in_memory(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
 }
 
+/// Whether the URL chooses how SQLite reaches the file (`vfs=`, `immutable=`), which sqlx passes
+/// on and the direct readers (`sqlite_direct`) would not: those URLs read through the pool only.
+pub(super) fn names_a_vfs(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, params)| {
+        params
+            .split('&')
+            .any(|param| param.starts_with("vfs=") || param.starts_with("immutable="))
+    })
+}
+
 /// Whether the URL asks for the file to be created (`mode=rwc`, SQLite's own URI spelling).
 pub(super) fn asks_to_create(url: &str) -> bool {
     url.split_once('?')

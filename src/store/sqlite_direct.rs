@@ -3,25 +3,31 @@
 //! sqlx runs each SQLite connection on a thread of its own and hands every command and every row
 //! across a channel to the task that asked; for the service's hottest read (a student's page of
 //! courses, a few indexed rows) those hand-offs cost more than the query: with h2load, ListCourses
-//! ran at 0.29 of Health/Check through sqlx, 0.45 on Tokio's blocking pool, 0.55 here (measured,
-//! docs/performance.md). SQLite answers such a read from its page cache in microseconds, within
-//! what a task may take between two awaits, so it runs where the call runs. Bounds keep it so:
+//! ran at 0.29 of Health/Check through sqlx, 0.45 on Tokio's blocking pool, 0.54 here (measured,
+//! docs/performance.md). SQLite answers such a read from cached pages (its own, or the OS's once
+//! a commit has invalidated its own) in microseconds, within what a task may take between two
+//! awaits, so it runs where the call runs. Bounds keep it so:
 //!
 //! - pages of more than [`INLINE_ROWS`] rows are read on Tokio's blocking pool instead;
-//! - the connections never wait: no busy timeout, and no waiting for a connection in use. When
-//!   SQLite is busy (a WAL being recovered or restarted) or every connection is in use, a read
-//!   answers `None` and the caller reads through the sqlx pool, which waits off the runtime;
+//! - the connections do not wait for locks: no busy timeout, and no waiting for a connection in
+//!   use. When SQLite is busy (a WAL being recovered or restarted, or its read marks contended
+//!   past SQLite's own short retries) or every connection is in use, a read answers `None` and
+//!   the caller reads through the sqlx pool, which waits off the runtime;
 //! - the connections are opened read-only, so nothing here can write.
 //!
 //! Each read is one statement in its own read transaction, ended when its rows have been taken
 //! (rusqlite resets a statement when its rows are dropped and when it goes back to the cache), so
 //! it sees every commit acknowledged before it began, like the pool's readers. The in-memory
 //! database lives in sqlx's one connection, which these cannot share: it reads through the pool.
+//!
+//! [`DirectReaders::close`] closes them before the pools at shutdown: SQLite folds the WAL back
+//! into the database file when its last connection closes, which only a connection that can
+//! write (the pool's) can do.
 
 use std::{
     path::Path,
     sync::{
-        Arc, Mutex, MutexGuard, TryLockError,
+        Arc, Mutex, MutexGuard, PoisonError, TryLockError,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -38,7 +44,8 @@ pub(super) const INLINE_ROWS: i64 = 101;
 
 /// Read-only connections to one SQLite file.
 pub struct DirectReaders {
-    connections: Box<[Mutex<Connection>]>,
+    /// `None` once closed.
+    connections: Box<[Mutex<Option<Connection>>]>,
     /// Where the next read starts looking for a free connection.
     next: AtomicUsize,
 }
@@ -60,7 +67,7 @@ impl DirectReaders {
                 let connection = Connection::open_with_flags(path, flags)?;
                 // rusqlite's default is 5 s; these must never wait.
                 connection.busy_timeout(Duration::ZERO)?;
-                Ok(Mutex::new(connection))
+                Ok(Mutex::new(Some(connection)))
             })
             .collect::<rusqlite::Result<_>>()?;
         Ok(DirectReaders {
@@ -77,19 +84,40 @@ impl DirectReaders {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         if rows <= INLINE_ROWS {
-            return settle(self.free().map(|connection| read(&connection)));
+            return settle(
+                self.free()
+                    .and_then(|connection| connection.as_ref().map(read)),
+            );
         }
         let readers = Arc::clone(self);
-        let blocking =
-            tokio::task::spawn_blocking(move || readers.free().map(|connection| read(&connection)));
+        let blocking = tokio::task::spawn_blocking(move || {
+            readers
+                .free()
+                .and_then(|connection| connection.as_ref().map(read))
+        });
         match blocking.await {
             Ok(result) => settle(result),
+            // The runtime is shutting down.
+            Err(join) if join.is_cancelled() => Ok(None),
             Err(panicked) => Err(Error::Internal(Box::new(panicked))),
         }
     }
 
-    /// A connection no one is using, if there is one.
-    fn free(&self) -> Option<MutexGuard<'_, Connection>> {
+    /// Closes every connection once its read under way, if any, is done (a page at most: this
+    /// blocks the calling thread that long); later reads answer `None`.
+    pub(super) fn close(&self) {
+        for connection in &self.connections {
+            drop(
+                connection
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+        }
+    }
+
+    /// A connection no one is using (`None` inside once closed), if there is one.
+    fn free(&self) -> Option<MutexGuard<'_, Option<Connection>>> {
         let count = self.connections.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..count).find_map(|i| match self.connections[(start + i) % count].try_lock() {
@@ -111,10 +139,15 @@ fn settle<T>(result: Option<rusqlite::Result<T>>) -> Result<Option<T>, Error> {
     }
 }
 
+/// Busy, locked, or SQLITE_PROTOCOL: a WAL read mark still contended after SQLite's retries.
 fn is_busy(err: &rusqlite::Error) -> bool {
     matches!(
         err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::FileLockingProtocolFailed
+        )
     )
 }
 
@@ -209,6 +242,38 @@ mod tests {
         let _in_use = readers.free().expect("the one connection is free");
         assert_eq!(readers.read(2, ids).await.expect("no error"), None);
         assert_eq!(readers.read(1000, ids).await.expect("no error"), None);
+    }
+
+    #[tokio::test]
+    async fn closed_readers_leave_every_read_to_the_pool() {
+        let (_dir, readers, _writer) = database();
+        let readers = Arc::new(readers);
+        readers.close();
+        assert_eq!(readers.read(2, ids).await.expect("no error"), None);
+        assert_eq!(readers.read(1000, ids).await.expect("no error"), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_folds_the_wal_back_into_the_file() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("school.db");
+        let settings = crate::store::PoolSettings {
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        let url = format!("sqlite:{}", path.display());
+        let store = crate::store::Store::connect(&url, &settings)
+            .await
+            .expect("the store opens");
+        store.migrate().await.expect("migrations apply");
+        let page = crate::domain::PageRequest::default();
+        let listed = store.list_courses_of(1, &page).await;
+        assert!(matches!(listed, Err(Error::NotFound(..))), "{listed:?}");
+        assert!(dir.path().join("school.db-wal").exists(), "in WAL mode");
+
+        store.close().await;
+        drop(store);
+        assert!(!dir.path().join("school.db-wal").exists());
     }
 
     #[tokio::test]
