@@ -84,7 +84,7 @@ impl DirectReaders {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         if rows <= INLINE_ROWS {
-            return settle(
+            return busy_as_none(
                 self.free()
                     .and_then(|connection| connection.as_ref().map(read)),
             );
@@ -96,7 +96,7 @@ impl DirectReaders {
                 .and_then(|connection| connection.as_ref().map(read))
         });
         match blocking.await {
-            Ok(result) => settle(result),
+            Ok(result) => busy_as_none(result),
             // The runtime is shutting down.
             Err(join) if join.is_cancelled() => Ok(None),
             Err(panicked) => Err(Error::Internal(Box::new(panicked))),
@@ -129,8 +129,8 @@ impl DirectReaders {
     }
 }
 
-/// A read's result; busy becomes `None`, to be read through the pool.
-fn settle<T>(result: Option<rusqlite::Result<T>>) -> Result<Option<T>, Error> {
+/// A read's result, busy as `None` (to be read through the pool instead).
+fn busy_as_none<T>(result: Option<rusqlite::Result<T>>) -> Result<Option<T>, Error> {
     match result {
         None => Ok(None),
         Some(Ok(value)) => Ok(Some(value)),
