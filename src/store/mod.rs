@@ -46,7 +46,7 @@ pub use migrate::Applied;
 pub use pg_pool::{Connections, Lent};
 pub use redact::redact;
 pub use sqlite::{ClaimError, Location, ServingClaim};
-pub use sqlite_direct::DirectReaders;
+pub use sqlite_direct::{DirectReaders, FALLBACKS as SQLITE_DIRECT_FALLBACKS};
 
 use crate::error::Resource;
 pub use verify::Violation;

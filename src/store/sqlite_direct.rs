@@ -129,15 +129,24 @@ impl DirectReaders {
     }
 }
 
-/// A read's result, busy as `None` (to be read through the pool instead).
+/// A read's result, busy as `None` (to be read through the pool instead); each fallback is
+/// counted by its reason.
 fn busy_as_none<T>(result: Option<rusqlite::Result<T>>) -> Result<Option<T>, Error> {
+    let fallback = |reason| {
+        metrics::counter!(FALLBACKS, "reason" => reason).increment(1);
+        Ok(None)
+    };
     match result {
-        None => Ok(None),
+        None => fallback("in_use"),
         Some(Ok(value)) => Ok(Some(value)),
-        Some(Err(err)) if is_busy(&err) => Ok(None),
+        Some(Err(err)) if is_busy(&err) => fallback("busy"),
         Some(Err(err)) => Err(Error::Internal(Box::new(err))),
     }
 }
+
+/// Reads that went to the pool instead: `in_use` (every direct connection was, or they are
+/// closed) or `busy` (SQLite said so).
+pub const FALLBACKS: &str = "student_service_sqlite_direct_fallbacks_total";
 
 /// Busy, locked, or SQLITE_PROTOCOL: a WAL read mark still contended after SQLite's retries.
 fn is_busy(err: &rusqlite::Error) -> bool {
@@ -175,6 +184,8 @@ pub(super) fn courses(
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+
     use super::*;
 
     /// A WAL database with rows 1 and 2, and the connection that made it.
@@ -274,6 +285,39 @@ mod tests {
         store.close().await;
         drop(store);
         assert!(!dir.path().join("school.db-wal").exists());
+    }
+
+    #[test]
+    fn fallbacks_are_counted_by_reason() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let (_dir, readers, writer) = database();
+        let readers = Arc::new(readers);
+        // Inline reads finish in their first poll.
+        let read_once = || {
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            let read = std::pin::pin!(readers.read(2, ids)).poll(&mut context);
+            assert!(matches!(read, std::task::Poll::Ready(Ok(None))), "{read:?}");
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let in_use = readers.free();
+            read_once();
+            drop(in_use);
+            writer
+                .execute_batch("PRAGMA locking_mode = EXCLUSIVE; INSERT INTO t VALUES (3);")
+                .expect("the lock is taken");
+            read_once();
+            read_once();
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!("{FALLBACKS}{{reason=\"in_use\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{FALLBACKS}{{reason=\"busy\"}} 2\n")),
+            "{text}"
+        );
     }
 
     #[tokio::test]

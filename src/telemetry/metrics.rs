@@ -127,6 +127,10 @@ fn describe() {
         "student_service_events_relay_lag",
         "Enrollment events numbered but not yet acknowledged by NATS JetStream, as seen by the relaying replica (0 elsewhere)."
     );
+    describe_counter!(
+        crate::store::SQLITE_DIRECT_FALLBACKS,
+        "ListCourses reads on a SQLite file that went through the connection pool because the direct readers were all in use (reason in_use) or SQLite was busy (reason busy)."
+    );
     describe_histogram!(
         "student_service_sqlite_group_commit_batch_size",
         "Enrollments committed together in one SQLite transaction."
