@@ -264,11 +264,14 @@ impl Store {
                 direct,
                 ..
             } => {
-                // First: the WAL is folded back only when a pool connection closes last.
+                // One after the other, the writer last and alone: SQLite folds the WAL back into
+                // the file only in the connection that closes last and can write, and two
+                // closing at once can each find the other still open.
                 if let Some(direct) = direct {
                     direct.close();
                 }
-                tokio::join!(readers.close(), writer.close());
+                readers.close().await;
+                writer.close().await;
             }
             Store::Postgres(pool) => pool.close().await,
         }
