@@ -49,24 +49,27 @@ pub(super) fn options(url: &str) -> Result<(SqliteConnectOptions, Location), Con
 /// `sqlite::memory:`, `sqlite://:memory:` or `mode=memory` (sqlx keeps its own flag private).
 fn is_in_memory(url: &str) -> bool {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
-    database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
+    let database = rest.split_once('?').map_or(rest, |(database, _)| database);
+    database == ":memory:" || params(url).any(|param| param == "mode=memory")
+}
+
+/// The `name=value` parameters after the `?` of a SQLite URL.
+fn params(url: &str) -> impl Iterator<Item = &str> {
+    url.split_once('?')
+        .map(|(_, params)| params)
+        .unwrap_or_default()
+        .split('&')
 }
 
 /// Whether the URL chooses how SQLite reaches the file (`vfs=`, `immutable=`), which sqlx passes
 /// on and the direct readers (`sqlite_direct`) would not: those URLs read through the pool only.
 pub(super) fn names_a_vfs(url: &str) -> bool {
-    url.split_once('?').is_some_and(|(_, params)| {
-        params
-            .split('&')
-            .any(|param| param.starts_with("vfs=") || param.starts_with("immutable="))
-    })
+    params(url).any(|param| param.starts_with("vfs=") || param.starts_with("immutable="))
 }
 
 /// Whether the URL asks for the file to be created (`mode=rwc`, SQLite's own URI spelling).
 pub(super) fn asks_to_create(url: &str) -> bool {
-    url.split_once('?')
-        .is_some_and(|(_, params)| params.split('&').any(|param| param == "mode=rwc"))
+    params(url).any(|param| param == "mode=rwc")
 }
 
 /// Fails unless the database file exists (for `migrate` and `verify`, which must not create
