@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, process::ExitStatus, time::Duration};
 
 use student_service::api::pb::{
-    course_service_client::CourseServiceClient, student_service_client::StudentServiceClient,
+    self, course_service_client::CourseServiceClient, student_service_client::StudentServiceClient,
 };
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
@@ -109,4 +109,17 @@ impl ServerProcess {
 fn free_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address")
+}
+
+/// Creates Ada (ada@example.com), the first student of the process-based tests.
+pub(crate) async fn create_ada(students: &mut StudentServiceClient<Channel>) -> pb::Student {
+    let request = pb::CreateStudentRequest {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
+    students
+        .create_student(request)
+        .await
+        .expect("CreateStudent")
+        .into_inner()
 }

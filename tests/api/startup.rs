@@ -8,7 +8,7 @@ use tokio::process::Command;
 
 use crate::{
     helpers::{Backend, TestDatabase},
-    process::ServerProcess,
+    process::{ServerProcess, create_ada},
 };
 
 /// Runs `student-service ARGS` to its end; returns whether it succeeded and all it printed.
@@ -62,14 +62,7 @@ async fn a_second_server_on_the_same_sqlite_file_refuses_to_start_and_maintenanc
         assert!(ok, "{command} beside a running server failed: {output}");
     }
     let (mut students, _) = first.clients().await;
-    let request = pb::CreateStudentRequest {
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
-    students
-        .create_student(request)
-        .await
-        .expect("the first server still serves");
+    create_ada(&mut students).await; // the first server still serves
     first.terminate();
     assert!(first.wait(Duration::from_secs(10)).await.success());
     // The lock goes with its process: the file serves again.
@@ -136,15 +129,7 @@ async fn sqlite_in_memory_is_one_database_for_the_whole_server() {
     let server = ServerProcess::start("sqlite::memory:", &[]).await;
     let (mut students, mut courses) = server.clients().await;
 
-    let request = pb::CreateStudentRequest {
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
-    let ada = students
-        .create_student(request)
-        .await
-        .expect("create")
-        .into_inner();
+    let ada = create_ada(&mut students).await;
     let request = pb::CreateCourseRequest {
         code: "CS-1".into(),
         title: "Engines".into(),

@@ -25,7 +25,7 @@ use tonic::{Code, Request};
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
     metrics::{scrape, value},
-    process::ServerProcess,
+    process::{ServerProcess, create_ada},
 };
 
 on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_database_spans);
@@ -91,20 +91,6 @@ impl Collector {
             self.spans.lock().expect("lock")
         );
     }
-}
-
-async fn create_ada(
-    students: &mut pb::student_service_client::StudentServiceClient<tonic::transport::Channel>,
-) -> pb::Student {
-    let request = pb::CreateStudentRequest {
-        name: "Ada".into(),
-        email: "ada@example.com".into(),
-    };
-    students
-        .create_student(request)
-        .await
-        .expect("create")
-        .into_inner()
 }
 
 fn traced<T>(message: T) -> Request<T> {
