@@ -20,8 +20,8 @@
 //! call finishes when the trailers pass through; errors answered before any body carry their
 //! status in the headers. A call whose response is dropped unfinished (the client cancelled or
 //! its deadline passed) finishes as CANCELLED, and so does one whose connection closed before its
-//! request was read whole (tonic answers UNKNOWN to no one). Messages are counted from the gRPC framing of the
-//! bodies (a 5-byte prefix, then the message), as they pass.
+//! request was read whole (tonic answers UNKNOWN to no one). Messages are counted from the gRPC
+//! framing of the bodies (a 5-byte prefix, then the message), as they pass.
 
 use std::{
     pin::Pin,
