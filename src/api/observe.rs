@@ -8,8 +8,8 @@
 //! span, named `school.v1.StudentService/AssignCourse`, with the RPC attributes of the semantic
 //! conventions v1.26.0 (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`),
 //! status Error only for the codes those conventions call server errors, a child of the
-//! caller's span when the request carries a W3C `traceparent`; it is the current OpenTelemetry
-//! context while the handler runs. The `rpc` span's `trace_id` and `span_id` fields put the
+//! caller's span when the request carries a W3C `traceparent`; it is the current span while the
+//! handler runs (`traces::in_span`). The `rpc` span's `trace_id` and `span_id` fields put the
 //! trace on every log line of the call.
 //!
 //! It is the outermost layer, so it sees every call: those the overload, deadline and
@@ -31,13 +31,12 @@ use std::{
 
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::{
-    KeyValue,
-    trace::{FutureExt as _, Status, TraceContextExt},
-};
 use tonic::Code;
 use tower::{Layer, Service};
-use tracing::{Instrument, Span, field::Empty};
+use tracing::{
+    Instrument, Span,
+    field::{Empty, display},
+};
 
 use super::{
     BoxFuture,
@@ -96,7 +95,7 @@ where
         Box::pin(
             async move {
                 let response = match &trace {
-                    Some(trace) => response.with_context(trace.clone()).await,
+                    Some(trace) => traces::in_span(trace, response).await,
                     None => response.await,
                 };
                 let (parts, body) = response?.into_parts();
@@ -123,8 +122,8 @@ where
 }
 
 /// The call's log span (`caller` is filled in by token authentication, security::RequireToken,
-/// when it is on) and, when traces are exported, its trace span as a context.
-fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<opentelemetry::Context>) {
+/// when it is on) and, when traces are exported, its trace span.
+fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<traces::ServerSpan>) {
     let span = tracing::info_span!(
         "rpc",
         method = request.uri().path(),
@@ -133,37 +132,21 @@ fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<openteleme
         span_id = Empty,
     );
     let parent = traces::remote_parent(request.headers());
-    let trace = traces::server_span(rpc.service, rpc.method, &parent);
+    let callers_trace = parent.as_ref().map(|parent| parent.context.trace_id);
+    let trace = traces::server_span(rpc.service, rpc.method, parent);
     if span.is_disabled() {
         // No log line of the call will be written (RUST_LOG above info): no ids to format.
         return (span, trace);
     }
     // Traces off: the log lines still name the caller's trace.
-    match traces::span_ids(trace.as_ref().unwrap_or(&parent)) {
-        Some((trace_id, span_id)) if trace.is_some() => {
-            span.record("trace_id", trace_id);
-            span.record("span_id", span_id);
-        }
-        Some((trace_id, _)) => {
-            span.record("trace_id", trace_id);
-        }
-        None => {}
+    if let Some(trace) = &trace {
+        let ids = trace.context();
+        span.record("trace_id", display(ids.trace_id));
+        span.record("span_id", display(ids.span_id));
+    } else if let Some(trace_id) = callers_trace {
+        span.record("trace_id", display(trace_id));
     }
     (span, trace)
-}
-
-/// The codes the RPC semantic conventions count as server errors (span status Error); the
-/// others are the caller's business.
-fn is_server_error(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-    )
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
@@ -188,7 +171,7 @@ fn connection_lost(headers: &HeaderMap) -> bool {
 struct Call {
     rpc: Rpc,
     span: Span,
-    trace: Option<opentelemetry::Context>,
+    trace: Option<traces::ServerSpan>,
     started: Instant,
     finished: bool,
 }
@@ -202,13 +185,8 @@ impl Call {
         let elapsed = self.started.elapsed();
         self.rpc.handled(code, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        if let Some(trace) = &self.trace {
-            let span = trace.span();
-            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
-            if is_server_error(code) {
-                span.set_status(Status::error(code.description()));
-            }
-            span.end();
+        if let Some(trace) = self.trace.take() {
+            trace.end(code);
         }
         self.span
             .in_scope(|| tracing::info!(?code, latency_us, "finished"));

@@ -5,7 +5,6 @@
 
 use std::{io::IsTerminal, time::Duration};
 
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
@@ -13,13 +12,12 @@ use crate::config::LogFormat;
 /// What was started; [`Telemetry::shutdown`] flushes the spans still buffered.
 #[derive(Debug, Default)]
 pub struct Telemetry {
-    traces: Option<SdkTracerProvider>,
+    traces: Option<traces::Exporter>,
 }
 
 /// Starts logging and, when the environment asks for it, trace export (see `traces`). Call
 /// inside the Tokio runtime.
 pub fn init(format: LogFormat) -> Telemetry {
-    let filter = log_filter();
     let logs = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour_wanted());
@@ -27,60 +25,36 @@ pub fn init(format: LogFormat) -> Telemetry {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().flatten_event(true).boxed(),
     };
-    let mut telemetry = Telemetry::default();
-    let mut trace_setup_failed = None;
-    if traces::wanted() {
-        match traces::provider() {
-            Ok(provider) => {
-                traces::install(&provider);
-                telemetry.traces = Some(provider);
-            }
-            Err(err) => trace_setup_failed = Some(err),
-        }
-    }
     // A second init (tests start many servers in one process) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
+        .with(logs.with_filter(log_filter()))
         .try_init();
-    if let Some(err) = trace_setup_failed {
-        tracing::warn!(error = %err, "cannot set up trace export; running without traces");
+    match traces::start() {
+        Ok(traces) => Telemetry { traces },
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot set up trace export; running without traces");
+            Telemetry::default()
+        }
     }
-    telemetry
 }
 
 impl Telemetry {
     /// Exports what is still buffered, waiting at most `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
-        let Some(provider) = self.traces else { return };
-        // The SDK blocks while it flushes, and its exporter needs the runtime meanwhile.
-        let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(timeout));
-        if !matches!(tokio::time::timeout(timeout, flushed).await, Ok(Ok(Ok(())))) {
+        let Some(exporter) = self.traces else { return };
+        if !traces::stop(exporter, timeout).await {
             tracing::warn!("trace spans still buffered at exit may be lost");
         }
     }
 }
 
-/// `RUST_LOG` (default `info`). The OpenTelemetry SDK logs an error for every batch it fails to
-/// export; `traces` already warns about that once a minute, so the SDK's own lines stay off
-/// unless `RUST_LOG` names them.
+/// `RUST_LOG` (default `info`).
 fn log_filter() -> EnvFilter {
     let wanted = std::env::var("RUST_LOG").unwrap_or_default();
-    let mut filter = EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info"));
     if wanted.trim().is_empty() {
-        filter = EnvFilter::new("info");
+        return EnvFilter::new("info");
     }
-    if !wanted.contains("opentelemetry") {
-        for quiet in [
-            "opentelemetry=off",
-            "opentelemetry_sdk=off",
-            "opentelemetry_otlp=off",
-        ] {
-            if let Ok(directive) = quiet.parse() {
-                filter = filter.add_directive(directive);
-            }
-        }
-    }
-    filter
+    EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 fn colour_wanted() -> bool {

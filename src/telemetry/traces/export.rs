@@ -1,0 +1,351 @@
+//! The batch exporter: finished spans wait in a bounded queue and one Tokio task sends them to
+//! the collector in batches (OTLP/gRPC `TraceService/Export`), when a batch is full or the
+//! schedule delay has passed, as the SDKs' batch span processor does and with the same
+//! `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables. A call only pushes its span onto the
+//! queue; a collector that is down or slow costs it nothing. Spans that find the queue full or
+//! whose batch cannot be delivered are dropped, counted and warned about at most once a minute.
+
+use std::{
+    str::FromStr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
+use tokio::{sync::Notify, task::JoinHandle};
+use tonic::{
+    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+use super::otlp::{Encoder, SpanRecord};
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// How the exporter is set up, from the environment (defaults as in the OpenTelemetry
+/// specification).
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) endpoint: String,
+    pub(super) headers: MetadataMap,
+    pub(super) certificate: Option<String>,
+    pub(super) timeout: Duration,
+    pub(super) schedule_delay: Duration,
+    pub(super) queue_size: usize,
+    pub(super) batch_size: usize,
+}
+
+impl Settings {
+    /// The settings the environment gives, and warnings for what it asks that cannot be done.
+    pub(super) fn from_env() -> Option<(Self, Vec<String>)> {
+        let endpoint = either(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        )?;
+        let mut warnings = Vec::new();
+        let headers = either(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        )
+        .map(|headers| metadata(&headers, &mut warnings))
+        .unwrap_or_default();
+        let compression = either(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        );
+        if compression.is_some_and(|compression| compression != "none") {
+            warnings.push(
+                "OTEL_EXPORTER_OTLP_COMPRESSION is not supported; spans are sent uncompressed"
+                    .into(),
+            );
+        }
+        let millis = |name: &str, default| Duration::from_millis(number(name, default));
+        let timeout = millis(
+            if std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+            } else {
+                "OTEL_EXPORTER_OTLP_TIMEOUT"
+            },
+            10_000,
+        )
+        .min(millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000));
+        let queue_size = usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2_048))
+            .unwrap_or(2_048)
+            .max(1);
+        let batch_size = usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+            .unwrap_or(512)
+            .clamp(1, queue_size);
+        Some((
+            Self {
+                endpoint,
+                headers,
+                certificate: either(
+                    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ),
+                timeout,
+                schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000),
+                queue_size,
+                batch_size,
+            },
+            warnings,
+        ))
+    }
+
+    /// The channel to the collector; it connects on first use (a collector that is not up yet
+    /// is no reason to refuse to start).
+    fn channel(&self) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_str(&self.endpoint)
+            .map_err(|err| format!("bad OTLP endpoint {:?}: {err}", self.endpoint))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout);
+        if self.endpoint.starts_with("https:") {
+            let Some(path) = &self.certificate else {
+                return Err(
+                    "an https OTLP endpoint needs OTEL_EXPORTER_OTLP_CERTIFICATE (the CA \
+                            certificate to trust, PEM): the service carries no root certificates"
+                        .into(),
+                );
+            };
+            let pem = std::fs::read(path).map_err(|err| format!("cannot read {path}: {err}"))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|err| format!("bad TLS settings for {:?}: {err}", self.endpoint))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+/// The first of two variables that is set and not empty.
+fn either(specific: &str, general: &str) -> Option<String> {
+    [specific, general].iter().find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    })
+}
+
+fn number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// `key=value,...` (values percent-encoded) as gRPC metadata; bad entries are warned about.
+fn metadata(headers: &str, warnings: &mut Vec<String>) -> MetadataMap {
+    let mut map = MetadataMap::new();
+    for (key, value) in super::key_values(headers) {
+        match (
+            MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes()),
+            MetadataValue::try_from(value.as_str()),
+        ) {
+            (Ok(key), Ok(value)) => {
+                map.insert(key, value);
+            }
+            _ => warnings.push(format!(
+                "OTEL_EXPORTER_OTLP_HEADERS: cannot send header {key:?}"
+            )),
+        }
+    }
+    map
+}
+
+/// The queue calls push their spans onto, and the tally of spans lost.
+#[derive(Debug)]
+pub(super) struct Queue {
+    spans: Mutex<Vec<SpanRecord>>,
+    capacity: usize,
+    batch_size: usize,
+    batch_ready: Notify,
+    losses: Losses,
+}
+
+impl Queue {
+    /// Queues a finished span for export, or drops and counts it when the queue is full.
+    pub(super) fn push(&self, span: SpanRecord) {
+        let Ok(mut spans) = self.spans.lock() else {
+            return;
+        };
+        if spans.len() >= self.capacity {
+            drop(spans);
+            self.losses.dropped(
+                1,
+                &"the export queue is full: the collector takes spans slower than calls end",
+            );
+            return;
+        }
+        spans.push(span);
+        let full_batch = spans.len() == self.batch_size;
+        drop(spans);
+        if full_batch {
+            self.batch_ready.notify_one();
+        }
+    }
+
+    /// Takes the oldest spans, at most a batch.
+    fn next_batch(&self) -> Vec<SpanRecord> {
+        let Ok(mut spans) = self.spans.lock() else {
+            return Vec::new();
+        };
+        let count = spans.len().min(self.batch_size);
+        spans.drain(..count).collect()
+    }
+}
+
+/// The running exporter.
+#[derive(Debug)]
+pub(crate) struct Exporter {
+    pub(super) queue: Arc<Queue>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Exporter {
+    /// Starts the export task; must be called inside the Tokio runtime.
+    pub(super) fn start(settings: &Settings, encoder: Encoder) -> Result<Self, String> {
+        let client = Client {
+            grpc: tonic::client::Grpc::new(settings.channel()?),
+            headers: settings.headers.clone(),
+            timeout: settings.timeout,
+            encoder,
+        };
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(settings.batch_size)),
+            capacity: settings.queue_size,
+            batch_size: settings.batch_size,
+            batch_ready: Notify::new(),
+            losses: Losses::default(),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run(queue.clone(), client, settings.schedule_delay, stopped));
+        Ok(Self { queue, stop, task })
+    }
+
+    /// Exports what is still queued, waiting at most `timeout`; whether all of it went.
+    pub(super) async fn shutdown(self, timeout: Duration) -> bool {
+        let _ = self.stop.send(());
+        matches!(tokio::time::timeout(timeout, self.task).await, Ok(Ok(())))
+    }
+}
+
+/// Exports a batch whenever one is full, and everything queued each `delay` and at the end.
+async fn run(
+    queue: Arc<Queue>,
+    mut client: Client,
+    delay: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            () = queue.batch_ready.notified() => false,
+            () = tokio::time::sleep(delay) => false,
+            _ = &mut stop => true,
+        };
+        loop {
+            let batch = queue.next_batch();
+            if batch.is_empty() {
+                break;
+            }
+            if let Err(error) = client.send(&batch).await {
+                queue.losses.dropped(batch.len(), &error);
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The OTLP/gRPC client: one export request at a time.
+struct Client {
+    grpc: tonic::client::Grpc<Channel>,
+    headers: MetadataMap,
+    timeout: Duration,
+    encoder: Encoder,
+}
+
+impl Client {
+    async fn send(&mut self, spans: &[SpanRecord]) -> Result<(), tonic::Status> {
+        let mut request = tonic::Request::new(Encoded(self.encoder.request(spans)));
+        *request.metadata_mut() = self.headers.clone();
+        request.set_timeout(self.timeout);
+        let export = async {
+            self.grpc
+                .ready()
+                .await
+                .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+            let codec = tonic_prost::ProstCodec::<Encoded, ()>::default();
+            self.grpc
+                .unary(request, PathAndQuery::from_static(EXPORT_PATH), codec)
+                .await
+        };
+        match tokio::time::timeout(self.timeout, export).await {
+            Ok(response) => response.map(drop),
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "the collector did not answer in time",
+            )),
+        }
+    }
+}
+
+/// A message already encoded ([`Encoder::request`]), sent as it is.
+#[derive(Debug, Default)]
+struct Encoded(Bytes);
+
+impl prost::Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Spans lost on the way to the collector, counted in `student_service_trace_spans_dropped_total`
+/// and warned about at most once a minute.
+#[derive(Debug, Default)]
+struct Losses {
+    dropped: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl Losses {
+    fn dropped(&self, spans: usize, why: &dyn std::fmt::Display) {
+        let spans = spans as u64;
+        let total = self.dropped.fetch_add(spans, Ordering::Relaxed) + spans;
+        metrics::counter!("student_service_trace_spans_dropped_total").increment(spans);
+        let Ok(mut last) = self.last_warning.lock() else {
+            return;
+        };
+        if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                error = %why,
+                dropped_spans_so_far = total,
+                "cannot export trace spans; dropping them (this warning repeats at most once a minute)"
+            );
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! OpenTelemetry traces over OTLP/gRPC, configured as every OpenTelemetry SDK is: by the
+//! standard environment variables. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on (unset: no exporter and no cost);
+//! `OTEL_SERVICE_NAME` (default `student-service`) and `OTEL_RESOURCE_ATTRIBUTES` describe the
+//! service; `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler (default
+//! parent-based always-on, so a caller's sampling decision is kept); `OTEL_BSP_*` and the other
+//! `OTEL_EXPORTER_OTLP_*` variables tune the batches (`export`).
+//!
+//! Our spans are few and always the same shape (one SERVER span per call, a CLIENT span per
+//! database operation inside it), so they are built, batched and encoded here rather than by
+//! the OpenTelemetry SDK: a span is a record of ids, times and static strings, pushed onto the
+//! export queue when it ends and written as OTLP bytes by the export task. The SDK's general
+//! pipeline (attribute vectors, span data, conversion into OTLP structs) cost ListCourses a
+//! quarter of its throughput; docs/performance.md has the figures.
+//!
+//! The call's span is the current span while its handler is polled ([`InSpan`]), so the
+//! database work inside it finds its parent ([`client_span`]).
+
+use std::{
+    cell::Cell,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use tonic::Code;
+
+use self::{
+    context::{Sampler, SpanId, TraceId},
+    export::{Queue, Settings},
+    otlp::{Encoder, Kind, Parent, SpanRecord},
+};
+pub(crate) use context::{RemoteParent, SpanContext, remote_parent};
+pub(crate) use export::Exporter;
+
+mod context;
+mod export;
+mod otlp;
+
+const DEFAULT_SERVICE_NAME: &str = "student-service";
+
+/// What spans need once traces are exported; unset (and no span built) otherwise.
+static TRACES: OnceLock<Traces> = OnceLock::new();
+
+#[derive(Debug)]
+struct Traces {
+    sampler: Sampler,
+    queue: std::sync::Arc<Queue>,
+}
+
+thread_local! {
+    /// The span of the call being polled on this thread, when it is recorded.
+    static CURRENT: Cell<Option<SpanContext>> = const { Cell::new(None) };
+}
+
+/// Starts exporting spans as the environment says; must be called inside the Tokio runtime
+/// (the export task runs on it). `Err` says why traces stay off.
+pub(super) fn start() -> Result<Option<Exporter>, String> {
+    let Some((settings, warnings)) = Settings::from_env() else {
+        return Ok(None);
+    };
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let encoder = Encoder::new(&resource(), "student-service", env!("CARGO_PKG_VERSION"));
+    let exporter = Exporter::start(&settings, encoder)?;
+    let traces = Traces {
+        sampler: Sampler::from_env(),
+        queue: exporter.queue.clone(),
+    };
+    // A second server in one process (the tests start many) keeps the first exporter.
+    Ok(TRACES.set(traces).is_ok().then_some(exporter))
+}
+
+/// Stops the exporter after it has sent what is queued, waiting at most `timeout`; whether
+/// everything went.
+pub(super) async fn stop(exporter: Exporter, timeout: Duration) -> bool {
+    exporter.shutdown(timeout).await
+}
+
+/// The resource: `service.name` from `OTEL_SERVICE_NAME`, else from `OTEL_RESOURCE_ATTRIBUTES`,
+/// else `student-service`; the other attributes of `OTEL_RESOURCE_ATTRIBUTES`; and what made the
+/// spans (`telemetry.sdk.*`, `service.version` unless given).
+fn resource() -> Vec<(String, String)> {
+    resource_of(
+        std::env::var("OTEL_SERVICE_NAME").ok(),
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok(),
+    )
+}
+
+fn resource_of(service_name: Option<String>, attributes: Option<String>) -> Vec<(String, String)> {
+    let mut given = attributes
+        .map(|attributes| key_values(&attributes))
+        .unwrap_or_default();
+    let name = service_name
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            given
+                .iter()
+                .rev()
+                .find(|(key, _)| key == "service.name")
+                .map(|(_, name)| name.clone())
+        })
+        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
+    let ours = [
+        ("service.name", name.as_str()),
+        ("telemetry.sdk.name", "student_service::telemetry::traces"),
+        ("telemetry.sdk.language", "rust"),
+        ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ];
+    given.retain(|(key, _)| !ours.iter().any(|(ours, _)| key == ours));
+    if !given.iter().any(|(key, _)| key == "service.version") {
+        given.push(("service.version".into(), env!("CARGO_PKG_VERSION").into()));
+    }
+    // The last of a repeated key wins, as in the SDKs.
+    let mut attributes: Vec<(String, String)> = Vec::new();
+    for (key, value) in given.into_iter().rev() {
+        if !attributes.iter().any(|(seen, _)| *seen == key) {
+            attributes.push((key, value));
+        }
+    }
+    attributes.reverse();
+    let mut resource: Vec<(String, String)> = ours
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    resource.extend(attributes);
+    resource
+}
+
+/// `key=value,key=value` (W3C baggage style, values percent-encoded), as the OpenTelemetry
+/// variables write lists; entries without `=` or key are skipped.
+fn key_values(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .filter_map(|entry| entry.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), percent_decoded(value.trim())))
+        .filter(|(key, _)| !key.is_empty())
+        .collect()
+}
+
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| value.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The SERVER span of a call of `service/method`, a child of the caller's span when there is
+/// one; `None` when traces are not exported.
+pub(crate) fn server_span(
+    service: &'static str,
+    method: &'static str,
+    parent: Option<RemoteParent>,
+) -> Option<ServerSpan> {
+    let traces = TRACES.get()?;
+    let trace_id = parent
+        .as_ref()
+        .map_or_else(TraceId::random, |parent| parent.context.trace_id);
+    let sampled = traces
+        .sampler
+        .samples(trace_id, parent.as_ref().map(|parent| &parent.context));
+    Some(ServerSpan {
+        context: SpanContext {
+            trace_id,
+            span_id: SpanId::random(),
+            sampled,
+        },
+        parent,
+        service,
+        method,
+        start_unix_nanos: unix_nanos(),
+    })
+}
+
+/// A call's span, from its start until [`ServerSpan::end`] with the call's status.
+#[derive(Debug)]
+pub(crate) struct ServerSpan {
+    context: SpanContext,
+    parent: Option<RemoteParent>,
+    service: &'static str,
+    method: &'static str,
+    start_unix_nanos: u64,
+}
+
+impl ServerSpan {
+    pub(crate) fn context(&self) -> SpanContext {
+        self.context
+    }
+
+    /// Ends the span with the call's gRPC status; a recorded span is queued for export.
+    pub(crate) fn end(self, code: Code) {
+        let (Some(traces), true) = (TRACES.get(), self.context.sampled) else {
+            return;
+        };
+        let (parent, trace_state) = match self.parent {
+            Some(parent) => (
+                Some(Parent {
+                    span_id: parent.context.span_id,
+                    remote: true,
+                }),
+                parent.trace_state,
+            ),
+            None => (None, None),
+        };
+        traces.queue.push(SpanRecord {
+            trace_id: self.context.trace_id,
+            span_id: self.context.span_id,
+            parent,
+            trace_state,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: unix_nanos(),
+            kind: Kind::Call {
+                service: self.service,
+                method: self.method,
+                code,
+            },
+        });
+    }
+}
+
+/// A CLIENT span for database work done for the current call, with `db.system` and
+/// `db.operation.name` (never the bound values); it ends when dropped. `None` when the call's
+/// span is not recorded, or when no call is under way (background work would otherwise make a
+/// new trace every few milliseconds).
+pub(crate) fn client_span(
+    name: &'static str,
+    system: &'static str,
+    operation: &'static str,
+) -> Option<ClientSpan> {
+    TRACES.get()?;
+    let parent = CURRENT.get()?;
+    Some(ClientSpan {
+        parent,
+        span_id: SpanId::random(),
+        kind: Kind::Database {
+            name,
+            system,
+            operation,
+        },
+        start_unix_nanos: unix_nanos(),
+    })
+}
+
+#[derive(Debug)]
+pub(crate) struct ClientSpan {
+    parent: SpanContext,
+    span_id: SpanId,
+    kind: Kind,
+    start_unix_nanos: u64,
+}
+
+impl Drop for ClientSpan {
+    fn drop(&mut self) {
+        let Some(traces) = TRACES.get() else { return };
+        let kind = std::mem::replace(
+            &mut self.kind,
+            Kind::Database {
+                name: "",
+                system: "",
+                operation: "",
+            },
+        );
+        traces.queue.push(SpanRecord {
+            trace_id: self.parent.trace_id,
+            span_id: self.span_id,
+            parent: Some(Parent {
+                span_id: self.parent.span_id,
+                remote: false,
+            }),
+            trace_state: None,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: unix_nanos(),
+            kind,
+        });
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Runs `future` with `span` as the current span (when it is recorded), so that the database
+/// spans inside it are its children.
+pub(crate) fn in_span<F: Future>(span: &ServerSpan, future: F) -> InSpan<F> {
+    InSpan {
+        inner: future,
+        current: span.context.sampled.then_some(span.context),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled with its call's span as the current one.
+    pub(crate) struct InSpan<F> {
+        #[pin]
+        inner: F,
+        current: Option<SpanContext>,
+    }
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _restore = Restore(CURRENT.replace(*this.current));
+        this.inner.poll(cx)
+    }
+}
+
+/// Puts back the current span of the future polled around ours, even if ours panics.
+struct Restore(Option<SpanContext>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        CURRENT.set(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_percent_decoded_and_entries_without_a_key_skipped() {
+        assert_eq!(
+            key_values(" a = 1 ,b=x%2Cy%3Dz,=skip,novalue, c=%zz%4"),
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "x,y=z".to_owned()),
+                ("c".to_owned(), "%zz%4".to_owned()),
+            ]
+        );
+    }
+
+    fn value<'a>(resource: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        let mut found = resource.iter().filter(|(k, _)| k == key);
+        let (_, value) = found.next()?;
+        assert!(found.next().is_none(), "{key} twice in {resource:?}");
+        Some(value)
+    }
+
+    #[test]
+    fn the_resource_is_named_by_otel_service_name_first() {
+        let attributes = Some("service.name=from-attributes,deployment.environment=prod".into());
+        let named = resource_of(Some("billing".into()), attributes.clone());
+        assert_eq!(value(&named, "service.name"), Some("billing"));
+        assert_eq!(value(&named, "deployment.environment"), Some("prod"));
+        let from_attributes = resource_of(Some(" ".into()), attributes);
+        assert_eq!(
+            value(&from_attributes, "service.name"),
+            Some("from-attributes")
+        );
+        let default = resource_of(None, None);
+        assert_eq!(value(&default, "service.name"), Some("student-service"));
+        assert_eq!(
+            value(&default, "service.version"),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(value(&default, "telemetry.sdk.language"), Some("rust"));
+    }
+
+    #[test]
+    fn a_repeated_resource_attribute_keeps_its_last_value() {
+        let resource = resource_of(None, Some("team=a,service.version=2.0,team=b".into()));
+        assert_eq!(value(&resource, "team"), Some("b"));
+        assert_eq!(value(&resource, "service.version"), Some("2.0"));
+    }
+}
