@@ -92,19 +92,24 @@ where
             request
         };
         let response = span.in_scope(|| self.inner.call(request));
+        // The call is owned from here: dropped before its response (the client reset the
+        // stream, or shutdown cut the connection), it ends as CANCELLED, spans and all.
+        let mut call = Call {
+            rpc,
+            span: span.clone(),
+            trace,
+            started,
+            finished: false,
+        };
         Box::pin(
             async move {
-                let response = match &trace {
-                    Some(trace) => traces::in_span(trace, response).await,
-                    None => response.await,
-                };
-                let (parts, body) = response?.into_parts();
-                let mut call = Call {
-                    rpc,
-                    span: Span::current(),
-                    trace,
-                    started,
-                    finished: false,
+                let response = traces::in_span(call.trace.as_ref(), response).await;
+                let (parts, body) = match response {
+                    Ok(response) => response.into_parts(),
+                    Err(error) => {
+                        call.finish(Code::Unknown);
+                        return Err(error);
+                    }
                 };
                 if let Some(code) = grpc_status(&parts.headers) {
                     call.finish(code);

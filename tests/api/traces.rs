@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
+use sqlx::Connection as _;
 use student_service::api::pb;
 use tokio::{io::AsyncReadExt, net::TcpListener, process::Command, sync::oneshot};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -32,6 +33,7 @@ on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_da
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const CALLER_STATE: &str = "congo=t61rcWkgMzE";
 
 /// Receives spans as an OpenTelemetry Collector would, and keeps them; a slow one takes
 /// `delay` to answer each export.
@@ -96,9 +98,9 @@ impl Collector {
 fn traced<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
-    request
-        .metadata_mut()
-        .insert("traceparent", traceparent.parse().expect("ASCII"));
+    let metadata = request.metadata_mut();
+    metadata.insert("traceparent", traceparent.parse().expect("ASCII"));
+    metadata.insert("tracestate", CALLER_STATE.parse().expect("ASCII"));
     request
 }
 
@@ -174,6 +176,7 @@ async fn the_server_span_continues_the_callers_trace_and_parents_the_database_sp
             "{server_span:?}"
         );
         assert_eq!(server_span.kind, SpanKind::Server as i32);
+        assert_eq!(server_span.trace_state, CALLER_STATE);
         assert_eq!(attribute(server_span, "rpc.system"), text("grpc"));
         assert_eq!(
             attribute(server_span, "rpc.service"),
@@ -212,6 +215,7 @@ async fn the_server_span_continues_the_callers_trace_and_parents_the_database_sp
             assert_eq!(child.kind, SpanKind::Client as i32, "{child:?}");
             assert_eq!(attribute(child, "db.system"), text(system), "{child:?}");
             assert_eq!(hex(&child.trace_id), CALLER_TRACE);
+            assert_eq!(child.trace_state, CALLER_STATE);
             let values = format!("{:?}", child.attributes);
             assert!(
                 !values.contains("999999") && !values.contains("ada@"),
@@ -350,7 +354,7 @@ async fn spans_still_buffered_at_shutdown_are_exported_before_exit() {
 }
 
 /// A collector slower than the calls: the spans that find the export queue full are dropped and
-/// counted (the SDK alone would drop them silently), and every call still succeeds.
+/// counted, and every call still succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_a_slow_collector_cannot_take_are_dropped_and_counted() {
     let database = TestDatabase::create(&Backend::Sqlite).await;
@@ -384,8 +388,8 @@ async fn spans_a_slow_collector_cannot_take_are_dropped_and_counted() {
             .expect("calls succeed while the collector is slow");
     }
 
-    // 51 calls of two spans each; while the collector holds its first batch for 5 s, at most 8
-    // spans (that batch included) are in the processor's hands.
+    // 51 calls of two spans each; while the collector holds its first batch of 4 for 5 s, at
+    // most 8 more wait in the queue: the others are dropped.
     let dropped = value(
         &scrape(metrics_address).await,
         "student_service_trace_spans_dropped_total",
@@ -394,4 +398,127 @@ async fn spans_a_slow_collector_cannot_take_are_dropped_and_counted() {
     assert!(dropped >= 51.0, "dropped spans counted: {dropped}");
     server.terminate();
     assert!(server.wait(Duration::from_secs(30)).await.success());
+}
+
+/// A client that gives up while its call waits in the database (here on a row lock the test
+/// holds): the call is handled as CANCELLED in the metrics, and its server span is exported
+/// with that code, so the database span that was under way still has its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_its_client_abandons_mid_handler_is_canceled_in_metrics_and_trace() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let database = TestDatabase::create(&backend).await;
+    let collector = Collector::default();
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let metrics_address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("METRICS_LISTEN", &metrics_address.to_string()),
+        ],
+    )
+    .await;
+    let (mut students, mut courses) = server.clients().await;
+    let ada = create_ada(&mut students).await;
+    let request = pb::CreateCourseRequest {
+        code: "LOCKED".into(),
+        title: "Locked".into(),
+        capacity: 5,
+    };
+    let course = courses
+        .create_course(request)
+        .await
+        .expect("create")
+        .into_inner();
+
+    // The enrollment trigger updates the course row: hold its lock so the call waits.
+    let mut holder = sqlx::PgConnection::connect(&database.url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT 1 FROM courses WHERE id = $1 FOR UPDATE")
+        .bind(course.id)
+        .execute(&mut holder)
+        .await
+        .expect("lock the course");
+    let request = pb::AssignCourseRequest {
+        student_id: ada.id,
+        course_id: course.id,
+    };
+    let call = tokio::spawn(async move { students.assign_course(traced(request)).await });
+    let mut watcher = sqlx::PgConnection::connect(&database.url)
+        .await
+        .expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            .fetch_one(&mut watcher)
+            .await
+            .expect("pg_locks");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Dropping the call resets its HTTP/2 stream.
+    call.abort();
+
+    let assign = [
+        ("grpc_service", "school.v1.StudentService"),
+        ("grpc_method", "AssignCourse"),
+    ];
+    loop {
+        let handled = value(
+            &scrape(metrics_address).await,
+            "grpc_server_handled_total",
+            &[assign[0], assign[1], ("grpc_code", "Canceled")],
+        );
+        if handled >= 1.0 {
+            assert_eq!(handled, 1.0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned call was never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("rollback");
+
+    let name = "school.v1.StudentService/AssignCourse";
+    let spans = collector
+        .wait_for(|spans| {
+            let server = spans.iter().find(|s| s.name == name);
+            server.is_some_and(|server| {
+                spans
+                    .iter()
+                    .any(|s| s.parent_span_id == server.span_id && s.name == "assign_course")
+            })
+        })
+        .await;
+    let server_span = spans.iter().find(|s| s.name == name).expect("server span");
+    assert_eq!(hex(&server_span.trace_id), CALLER_TRACE);
+    assert_eq!(
+        attribute(server_span, "rpc.grpc.status_code"),
+        Some(Value::IntValue(Code::Cancelled as i64))
+    );
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
 }

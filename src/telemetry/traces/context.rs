@@ -1,7 +1,7 @@
 //! What a span needs to know of its trace: ids, the caller's W3C `traceparent` / `tracestate`
 //! (www.w3.org/TR/trace-context), and the sampler the `OTEL_TRACES_SAMPLER` variables choose.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 /// A 16-byte trace id, never all zeros; written as 32 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,8 @@ pub(crate) struct SpanContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RemoteParent {
     pub(crate) context: SpanContext,
-    /// Valid W3C `tracestate`, passed on unchanged to our span; `None` when absent or invalid.
-    pub(super) trace_state: Option<Box<str>>,
+    /// Valid W3C `tracestate`, passed on unchanged to our spans; `None` when absent or invalid.
+    pub(super) trace_state: Option<Arc<str>>,
 }
 
 /// The caller's span of a W3C `traceparent` (and its `tracestate`), or `None` when the header
@@ -64,7 +64,7 @@ pub(crate) fn remote_parent(headers: &http::HeaderMap) -> Option<RemoteParent> {
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|value| valid_tracestate(value))
-        .map(Box::from);
+        .map(Arc::from);
     Some(RemoteParent {
         context,
         trace_state,
@@ -83,10 +83,11 @@ fn parse_traceparent(value: &str) -> Option<SpanContext> {
         _ => rest.is_empty() || rest.starts_with('-'),
     };
     let fields: Vec<&str> = fixed.split('-').collect();
-    let [_, trace_id, span_id, flags] = fields[..] else {
+    let [version_field, trace_id, span_id, flags] = fields[..] else {
         return None;
     };
-    if !extended_as_allowed || !lower_hex(version) || !lower_hex(flags) {
+    let well_formed = version_field.len() == 2 && flags.len() == 2;
+    if !extended_as_allowed || !well_formed || !lower_hex(version) || !lower_hex(flags) {
         return None;
     }
     let trace_id = TraceId(u128::to_be_bytes(parse_hex(trace_id, 32)?));
@@ -115,8 +116,13 @@ fn lower_hex(digits: &str) -> bool {
 
 /// A W3C `tracestate`: at most 32 `key=value` members separated by commas; keys of lowercase
 /// letters, digits and `_-*/` (with one `@` for a tenant), values of printable ASCII other than
-/// `,` and `=`, not ending in a space.
+/// `,` and `=`, not ending in a space. One longer than 512 characters is dropped, as the W3C
+/// allows: every span of the call carries it, and a batch too large for the collector would
+/// lose other calls' spans too.
 fn valid_tracestate(value: &str) -> bool {
+    if value.len() > 512 {
+        return false;
+    }
     let members: Vec<&str> = value
         .split(',')
         .map(|member| member.trim_matches([' ', '\t']))
@@ -280,6 +286,7 @@ mod tests {
             format!("00-{TRACE}ab-{SPAN}-01"),
             format!("00-{TRACE}-{SPAN}ab-01"),
             format!("00-{TRACE}-{SPAN}-0100"),
+            format!("000-{TRACE}-{SPAN}-1"),
             format!("qw-{TRACE}-{SPAN}-01"),
             format!("00-{TRACE}_{SPAN}-01"),
             format!("00-+bf92f3577b34da6a3ce929d0e0e4736-{SPAN}-01"),
@@ -316,6 +323,10 @@ mod tests {
         }
         let too_many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>();
         assert!(!valid_tracestate(&too_many.join(",")));
+        let too_long = (0..3)
+            .map(|i| format!("k{i}={}", "v".repeat(200)))
+            .collect::<Vec<_>>();
+        assert!(!valid_tracestate(&too_long.join(",")));
     }
 
     #[test]

@@ -64,20 +64,19 @@ impl Settings {
                     .into(),
             );
         }
-        let millis = |name: &str, default| Duration::from_millis(number(name, default));
+        let millis = |names: &[&str], default| Duration::from_millis(number(names, default));
         let timeout = millis(
-            if std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
-            } else {
-                "OTEL_EXPORTER_OTLP_TIMEOUT"
-            },
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
             10_000,
         )
-        .min(millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000));
-        let queue_size = usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2_048))
+        .min(millis(&["OTEL_BSP_EXPORT_TIMEOUT"], 30_000));
+        let queue_size = usize::try_from(number(&["OTEL_BSP_MAX_QUEUE_SIZE"], 2_048))
             .unwrap_or(2_048)
             .max(1);
-        let batch_size = usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+        let batch_size = usize::try_from(number(&["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], 512))
             .unwrap_or(512)
             .clamp(1, queue_size);
         Some((
@@ -89,7 +88,9 @@ impl Settings {
                     "OTEL_EXPORTER_OTLP_CERTIFICATE",
                 ),
                 timeout,
-                schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000),
+                // At least a millisecond: 0 would make the export task spin.
+                schedule_delay: millis(&["OTEL_BSP_SCHEDULE_DELAY"], 5_000)
+                    .max(Duration::from_millis(1)),
                 queue_size,
                 batch_size,
             },
@@ -131,10 +132,11 @@ fn either(specific: &str, general: &str) -> Option<String> {
     })
 }
 
-fn number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.trim().parse().ok())
+/// The first of the variables that holds a number.
+fn number(names: &[&str], default: u64) -> u64 {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
         .unwrap_or(default)
 }
 
@@ -189,11 +191,14 @@ impl Queue {
         }
     }
 
-    /// Takes the oldest spans, at most a batch.
-    fn next_batch(&self) -> Vec<SpanRecord> {
+    /// Takes the oldest spans: a full batch, or when `partial`, what there is up to a batch.
+    fn next_batch(&self, partial: bool) -> Vec<SpanRecord> {
         let Ok(mut spans) = self.spans.lock() else {
             return Vec::new();
         };
+        if spans.len() < self.batch_size && !partial {
+            return Vec::new();
+        }
         let count = spans.len().min(self.batch_size);
         spans.drain(..count).collect()
     }
@@ -235,7 +240,8 @@ impl Exporter {
     }
 }
 
-/// Exports a batch whenever one is full, and everything queued each `delay` and at the end.
+/// Exports full batches whenever one is ready, and everything queued once `delay` has passed
+/// without a full batch, and at the end.
 async fn run(
     queue: Arc<Queue>,
     mut client: Client,
@@ -243,13 +249,13 @@ async fn run(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
-        let stopping = tokio::select! {
-            () = queue.batch_ready.notified() => false,
-            () = tokio::time::sleep(delay) => false,
-            _ = &mut stop => true,
+        let (partial, stopping) = tokio::select! {
+            () = queue.batch_ready.notified() => (false, false),
+            () = tokio::time::sleep(delay) => (true, false),
+            _ = &mut stop => (true, true),
         };
         loop {
-            let batch = queue.next_batch();
+            let batch = queue.next_batch(partial);
             if batch.is_empty() {
                 break;
             }

@@ -19,7 +19,7 @@
 use std::{
     cell::Cell,
     pin::Pin,
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -46,12 +46,19 @@ static TRACES: OnceLock<Traces> = OnceLock::new();
 #[derive(Debug)]
 struct Traces {
     sampler: Sampler,
-    queue: std::sync::Arc<Queue>,
+    queue: Arc<Queue>,
+}
+
+/// The recorded span of a call, as its database spans need it.
+#[derive(Debug, Clone)]
+struct Current {
+    context: SpanContext,
+    trace_state: Option<Arc<str>>,
 }
 
 thread_local! {
     /// The span of the call being polled on this thread, when it is recorded.
-    static CURRENT: Cell<Option<SpanContext>> = const { Cell::new(None) };
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
 /// Starts exporting spans as the environment says; must be called inside the Tokio runtime
@@ -246,7 +253,12 @@ pub(crate) fn client_span(
     operation: &'static str,
 ) -> Option<ClientSpan> {
     TRACES.get()?;
-    let parent = CURRENT.get()?;
+    let parent = CURRENT.with(|current| {
+        let call = current.take();
+        let parent = call.clone();
+        current.set(call);
+        parent
+    })?;
     Some(ClientSpan {
         parent,
         span_id: SpanId::random(),
@@ -261,7 +273,7 @@ pub(crate) fn client_span(
 
 #[derive(Debug)]
 pub(crate) struct ClientSpan {
-    parent: SpanContext,
+    parent: Current,
     span_id: SpanId,
     kind: Kind,
     start_unix_nanos: u64,
@@ -279,13 +291,13 @@ impl Drop for ClientSpan {
             },
         );
         traces.queue.push(SpanRecord {
-            trace_id: self.parent.trace_id,
+            trace_id: self.parent.context.trace_id,
             span_id: self.span_id,
             parent: Some(Parent {
-                span_id: self.parent.span_id,
+                span_id: self.parent.context.span_id,
                 remote: false,
             }),
-            trace_state: None,
+            trace_state: self.parent.trace_state.take(),
             start_unix_nanos: self.start_unix_nanos,
             end_unix_nanos: unix_nanos(),
             kind,
@@ -301,12 +313,21 @@ fn unix_nanos() -> u64 {
         })
 }
 
-/// Runs `future` with `span` as the current span (when it is recorded), so that the database
-/// spans inside it are its children.
-pub(crate) fn in_span<F: Future>(span: &ServerSpan, future: F) -> InSpan<F> {
+/// Runs `future` with `span` as the current span (when there is one and it is recorded), so
+/// that the database spans inside it are its children.
+pub(crate) fn in_span<F: Future>(span: Option<&ServerSpan>, future: F) -> InSpan<F> {
+    let current = span
+        .filter(|span| span.context.sampled)
+        .map(|span| Current {
+            context: span.context,
+            trace_state: span
+                .parent
+                .as_ref()
+                .and_then(|parent| parent.trace_state.clone()),
+        });
     InSpan {
         inner: future,
-        current: span.context.sampled.then_some(span.context),
+        current,
     }
 }
 
@@ -315,7 +336,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct InSpan<F> {
         #[pin]
         inner: F,
-        current: Option<SpanContext>,
+        current: Option<Current>,
     }
 }
 
@@ -324,17 +345,25 @@ impl<F: Future> Future for InSpan<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _restore = Restore(CURRENT.replace(*this.current));
+        let previous = CURRENT.replace(this.current.take());
+        let _restore = Restore {
+            ours: this.current,
+            previous,
+        };
         this.inner.poll(cx)
     }
 }
 
-/// Puts back the current span of the future polled around ours, even if ours panics.
-struct Restore(Option<SpanContext>);
+/// Takes our span back and puts back the one of the future polled around ours, even if ours
+/// panics.
+struct Restore<'a> {
+    ours: &'a mut Option<Current>,
+    previous: Option<Current>,
+}
 
-impl Drop for Restore {
+impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        CURRENT.set(self.0);
+        *self.ours = CURRENT.replace(self.previous.take());
     }
 }
 

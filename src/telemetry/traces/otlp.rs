@@ -4,6 +4,8 @@
 //! static strings, so a batch of them becomes bytes without the per-attribute allocations of
 //! building OTLP's message structs first; `tests` decodes it with `opentelemetry-proto`.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tonic::Code;
@@ -16,7 +18,7 @@ pub(super) struct SpanRecord {
     pub(super) trace_id: TraceId,
     pub(super) span_id: SpanId,
     pub(super) parent: Option<Parent>,
-    pub(super) trace_state: Option<Box<str>>,
+    pub(super) trace_state: Option<Arc<str>>,
     pub(super) start_unix_nanos: u64,
     pub(super) end_unix_nanos: u64,
     pub(super) kind: Kind,
@@ -298,7 +300,7 @@ mod tests {
             trace_id: TraceId([0x4b; 16]),
             span_id: SpanId([0x11; 8]),
             parent,
-            trace_state: trace_state.map(Box::from),
+            trace_state: trace_state.map(Arc::from),
             start_unix_nanos: 1_700_000_000_000_000_000,
             end_unix_nanos: 1_700_000_000_000_250_000,
             kind: Kind::Call {
