@@ -9,7 +9,7 @@ use sqlx::{Database, Pool, pool::PoolConnection};
 
 use super::{Connections, Lent, Store, errors};
 use crate::error::Error;
-use crate::telemetry::traces;
+use crate::telemetry::{metrics::labelled_histogram, traces};
 
 pub(super) const POSTGRES: &str = "postgres";
 /// `db.system` of each backend, as the semantic conventions name them.
@@ -93,7 +93,7 @@ pub(super) fn settle(connection: &mut impl Settle, outcome: &impl Outcome) {
 pub(super) async fn acquire<P: Lend>(pool: &P, name: &'static str) -> Result<P::Lent, sqlx::Error> {
     let started = Instant::now();
     let connection = pool.lend().await;
-    metrics::histogram!("student_service_db_pool_acquire_seconds", "pool" => name)
+    labelled_histogram("student_service_db_pool_acquire_seconds", "pool", name)
         .record(started.elapsed().as_secs_f64());
     connection
 }
@@ -113,8 +113,12 @@ pub(super) async fn statement<T>(
 pub(super) async fn time<T>(operation: &'static str, work: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let done = work.await;
-    metrics::histogram!("student_service_db_statement_seconds", "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
+    labelled_histogram(
+        "student_service_db_statement_seconds",
+        "operation",
+        operation,
+    )
+    .record(started.elapsed().as_secs_f64());
     done
 }
 

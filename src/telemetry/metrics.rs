@@ -10,6 +10,7 @@
 //! nobody scrapes.
 
 use std::{
+    cell::RefCell,
     convert::Infallible,
     sync::{
         Arc,
@@ -21,7 +22,9 @@ use std::{
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{
+    Histogram, Unit, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -41,6 +44,34 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Whether metrics are recorded (`--metrics-listen`), for work worth skipping when they are not.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// The histogram `name{label="value"}`, found in the registry once per thread: a labelled
+/// `histogram!` builds and hashes its key and searches the registry at every call. For labels
+/// whose values are a fixed set of `&'static str` (store operations, pool names), compared by
+/// address; a no-op before the recorder is installed.
+pub(crate) fn labelled_histogram(
+    name: &'static str,
+    label: &'static str,
+    value: &'static str,
+) -> Histogram {
+    thread_local! {
+        static FOUND: RefCell<Vec<(*const u8, *const u8, Histogram)>> = const { RefCell::new(Vec::new()) };
+    }
+    if !enabled() {
+        return Histogram::noop();
+    }
+    FOUND.with_borrow_mut(|found| {
+        let known = found
+            .iter()
+            .find(|(n, v, _)| std::ptr::eq(*n, name.as_ptr()) && std::ptr::eq(*v, value.as_ptr()));
+        if let Some((_, _, histogram)) = known {
+            return histogram.clone();
+        }
+        let histogram = histogram!(name, label => value);
+        found.push((name.as_ptr(), value.as_ptr(), histogram.clone()));
+        histogram
+    })
 }
 
 /// Installs the process-wide recorder and describes every metric; call once, before serving.
