@@ -42,7 +42,7 @@ impl Telemetry {
     /// Exports what is still buffered, waiting at most `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
         let Some(exporter) = self.traces else { return };
-        if !traces::stop(exporter, timeout).await {
+        if !exporter.shutdown(timeout).await {
             tracing::warn!("trace spans still buffered at exit may be lost");
         }
     }

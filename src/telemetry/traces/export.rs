@@ -234,7 +234,7 @@ impl Exporter {
     }
 
     /// Exports what is still queued, waiting at most `timeout`; whether all of it went.
-    pub(super) async fn shutdown(self, timeout: Duration) -> bool {
+    pub(crate) async fn shutdown(self, timeout: Duration) -> bool {
         let _ = self.stop.send(());
         matches!(tokio::time::timeout(timeout, self.task).await, Ok(Ok(())))
     }

@@ -21,7 +21,7 @@ use std::{
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use tonic::Code;
@@ -78,12 +78,6 @@ pub(super) fn start() -> Result<Option<Exporter>, String> {
     };
     // A second server in one process (the tests start many) keeps the first exporter.
     Ok(TRACES.set(traces).is_ok().then_some(exporter))
-}
-
-/// Stops the exporter after it has sent what is queued, waiting at most `timeout`; whether
-/// everything went.
-pub(super) async fn stop(exporter: Exporter, timeout: Duration) -> bool {
-    exporter.shutdown(timeout).await
 }
 
 /// The resource: `service.name` from `OTEL_SERVICE_NAME`, else from `OTEL_RESOURCE_ATTRIBUTES`,
@@ -262,11 +256,9 @@ pub(crate) fn client_span(
     Some(ClientSpan {
         parent,
         span_id: SpanId::random(),
-        kind: Kind::Database {
-            name,
-            system,
-            operation,
-        },
+        name,
+        system,
+        operation,
         start_unix_nanos: unix_nanos(),
     })
 }
@@ -275,21 +267,15 @@ pub(crate) fn client_span(
 pub(crate) struct ClientSpan {
     parent: Current,
     span_id: SpanId,
-    kind: Kind,
+    name: &'static str,
+    system: &'static str,
+    operation: &'static str,
     start_unix_nanos: u64,
 }
 
 impl Drop for ClientSpan {
     fn drop(&mut self) {
         let Some(traces) = TRACES.get() else { return };
-        let kind = std::mem::replace(
-            &mut self.kind,
-            Kind::Database {
-                name: "",
-                system: "",
-                operation: "",
-            },
-        );
         traces.queue.push(SpanRecord {
             trace_id: self.parent.context.trace_id,
             span_id: self.span_id,
@@ -300,7 +286,11 @@ impl Drop for ClientSpan {
             trace_state: self.parent.trace_state.take(),
             start_unix_nanos: self.start_unix_nanos,
             end_unix_nanos: unix_nanos(),
-            kind,
+            kind: Kind::Database {
+                name: self.name,
+                system: self.system,
+                operation: self.operation,
+            },
         });
     }
 }
