@@ -14,7 +14,7 @@ use tonic::{Code, Request};
 
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
-    process::ServerProcess,
+    process::{ServerProcess, free_address},
     reliability::raw::{RawClient, Unfinished, frame},
 };
 
@@ -26,10 +26,7 @@ on_both_backends!(every_call_is_counted_once_with_its_code_and_labels_carry_no_r
 async fn a_call_whose_client_closes_the_connection_mid_request_counts_as_canceled() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite:{}", dir.path().join("school.db").display());
-    let metrics_address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address")
-    };
+    let metrics_address = free_address();
     let metrics = metrics_address.to_string();
     let server = ServerProcess::start(&url, &[("METRICS_LISTEN", &metrics)]).await;
     let list_courses = [
@@ -131,10 +128,7 @@ async fn every_call_is_counted_once_with_its_code_and_labels_carry_no_request_da
     let dir = tempfile::tempdir().expect("temporary directory");
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("metrics-test {TOKEN}\n")).expect("write tokens");
-    let metrics_address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address")
-    };
+    let metrics_address = free_address();
     let server = ServerProcess::start(
         &database.url,
         &[

@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     helpers::{Backend, TestApp, TestDatabase, on_both_backends, read_with},
-    process::ServerProcess,
+    process::{ServerProcess, free_address},
 };
 
 on_both_backends!(
@@ -277,10 +277,7 @@ struct PrivateNats {
 
 impl PrivateNats {
     async fn start() -> PrivateNats {
-        let address = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("address")
-        };
+        let address = free_address();
         let directory = tempfile::tempdir().expect("store directory");
         PrivateNats::run(address, directory).await
     }

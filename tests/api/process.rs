@@ -106,7 +106,8 @@ impl ServerProcess {
     }
 }
 
-fn free_address() -> SocketAddr {
+/// A local address no one listens on (the port was free a moment ago).
+pub(crate) fn free_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address")
 }

@@ -18,15 +18,15 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use sqlx::Connection as _;
-use student_service::api::pb;
+use student_service::api::pb::{self, student_service_client::StudentServiceClient};
 use tokio::{io::AsyncReadExt, net::TcpListener, process::Command, sync::oneshot};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Code, Request};
+use tonic::{Code, Request, transport::Channel};
 
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
     metrics::{scrape, value},
-    process::{ServerProcess, create_ada},
+    process::{ServerProcess, create_ada, free_address},
 };
 
 on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_database_spans);
@@ -104,6 +104,27 @@ fn traced<T>(message: T) -> Request<T> {
     request
 }
 
+/// A client, Ada, and a course of `capacity` seats.
+async fn ada_and_course(
+    server: &ServerProcess,
+    code: &str,
+    capacity: i32,
+) -> (StudentServiceClient<Channel>, pb::Student, pb::Course) {
+    let (mut students, mut courses) = server.clients().await;
+    let ada = create_ada(&mut students).await;
+    let request = pb::CreateCourseRequest {
+        code: code.into(),
+        title: format!("Course {code}"),
+        capacity,
+    };
+    let course = courses
+        .create_course(request)
+        .await
+        .expect("create")
+        .into_inner();
+    (students, ada, course)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -135,18 +156,7 @@ async fn the_server_span_continues_the_callers_trace_and_parents_the_database_sp
         ],
     )
     .await;
-    let (mut students, mut courses) = server.clients().await;
-    let ada = create_ada(&mut students).await;
-    let request = pb::CreateCourseRequest {
-        code: "ONE".into(),
-        title: "One seat".into(),
-        capacity: 1,
-    };
-    let course = courses
-        .create_course(request)
-        .await
-        .expect("create")
-        .into_inner();
+    let (mut students, ada, course) = ada_and_course(&server, "ONE", 1).await;
 
     let request = pb::AssignCourseRequest {
         student_id: ada.id,
@@ -260,10 +270,7 @@ async fn the_server_span_continues_the_callers_trace_and_parents_the_database_sp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_name_the_callers_trace_even_when_traces_are_off() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address")
-    };
+    let address = free_address();
     let mut child = Command::new(env!("CARGO_BIN_EXE_student-service"))
         .env(
             "DATABASE_URL",
@@ -364,10 +371,7 @@ async fn spans_a_slow_collector_cannot_take_are_dropped_and_counted() {
     };
     let (collector_address, _stop_collector) = collector.start().await;
     let endpoint = format!("http://{collector_address}");
-    let metrics_address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address")
-    };
+    let metrics_address = free_address();
     let server = ServerProcess::start(
         &database.url,
         &[
@@ -412,10 +416,7 @@ async fn a_call_its_client_abandons_mid_handler_is_canceled_in_metrics_and_trace
     let collector = Collector::default();
     let (collector_address, _stop_collector) = collector.start().await;
     let endpoint = format!("http://{collector_address}");
-    let metrics_address = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address")
-    };
+    let metrics_address = free_address();
     let server = ServerProcess::start(
         &database.url,
         &[
@@ -425,18 +426,7 @@ async fn a_call_its_client_abandons_mid_handler_is_canceled_in_metrics_and_trace
         ],
     )
     .await;
-    let (mut students, mut courses) = server.clients().await;
-    let ada = create_ada(&mut students).await;
-    let request = pb::CreateCourseRequest {
-        code: "LOCKED".into(),
-        title: "Locked".into(),
-        capacity: 5,
-    };
-    let course = courses
-        .create_course(request)
-        .await
-        .expect("create")
-        .into_inner();
+    let (mut students, ada, course) = ada_and_course(&server, "LOCKED", 5).await;
 
     // The enrollment trigger updates the course row: hold its lock so the call waits.
     let mut holder = sqlx::PgConnection::connect(&database.url)
