@@ -70,7 +70,7 @@ for round in $(seq "$rounds"); do
     measure "$mode"
   done
 done
-echo "--- medians (req/s) and cost against off"
+echo "--- medians (req/s), cost against off, and the median of each round's cost against its own off run"
 python3 - "$work/results" <<'PY'
 import statistics, sys
 rates = {}
@@ -81,7 +81,13 @@ for rpc in ("ListCourses", "AssignCourse"):
     off = statistics.median(rates[("off", rpc)])
     for mode in ("off", "metrics", "traces"):
         median = statistics.median(rates[(mode, rpc)])
-        print(f"{rpc:13} {mode:8} {median:9.0f}  {100 * (median / off - 1):+5.1f}%  runs {rates[(mode, rpc)]}")
+        # Each mode against off in the same round, then the median over rounds: steadier than
+        # the medians' ratio when the machine drifts between rounds.
+        paired = statistics.median(
+            run / base - 1 for run, base in zip(rates[(mode, rpc)], rates[("off", rpc)])
+        )
+        print(f"{rpc:13} {mode:8} {median:9.0f}  {100 * (median / off - 1):+5.1f}%"
+              f"  paired {100 * paired:+5.1f}%  runs {rates[(mode, rpc)]}")
 PY
 sink_cpu=$(awk '{ printf "%.1f", ($14 + $15) / 100 }' "/proc/$sink_pid/stat")
 kill -TERM "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
