@@ -47,7 +47,15 @@ impl Settings {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         )?;
+        let var = |name| std::env::var(name).ok();
         let mut warnings = Vec::new();
+        if turned_off(
+            var("OTEL_SDK_DISABLED").as_deref(),
+            var("OTEL_TRACES_EXPORTER").as_deref(),
+            &mut warnings,
+        ) {
+            return None;
+        }
         let headers = either(
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -120,6 +128,34 @@ impl Settings {
         }
         Ok(endpoint.connect_lazy())
     }
+}
+
+/// Whether `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turns traces off, as in the
+/// SDKs; an exporter other than `otlp` is warned about (OTLP is the only one here).
+fn turned_off(
+    sdk_disabled: Option<&str>,
+    exporters: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> bool {
+    if sdk_disabled.is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
+        return true;
+    }
+    let exporters: Vec<&str> = exporters
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|exporter| !exporter.is_empty())
+        .collect();
+    if exporters
+        .iter()
+        .any(|exporter| !matches!(*exporter, "otlp" | "none"))
+    {
+        warnings.push(format!(
+            "OTEL_TRACES_EXPORTER={}: only otlp is supported here; exporting over OTLP",
+            exporters.join(",")
+        ));
+    }
+    exporters == ["none"]
 }
 
 /// The first of two variables that is set and not empty.
@@ -353,5 +389,24 @@ impl Losses {
                 "cannot export trace spans; dropping them (this warning repeats at most once a minute)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traces_are_turned_off_as_the_sdks_turn_them_off() {
+        let off = |disabled, exporters| turned_off(disabled, exporters, &mut Vec::new());
+        assert!(!off(None, None));
+        assert!(off(Some("true"), None));
+        assert!(off(Some(" TRUE "), Some("otlp")));
+        assert!(!off(Some("false"), Some("otlp")));
+        assert!(off(None, Some("none")));
+        assert!(!off(None, Some("otlp")));
+        let mut warnings = Vec::new();
+        assert!(!turned_off(None, Some("otlp,console"), &mut warnings));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 }
