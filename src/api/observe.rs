@@ -136,11 +136,16 @@ fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<traces::Se
         trace_id = Empty,
         span_id = Empty,
     );
+    if span.is_disabled() && !traces::exported() {
+        // No log line of the call will be written (RUST_LOG above info) and no span: the
+        // caller's trace context has no one to go to.
+        return (span, None);
+    }
     let parent = traces::remote_parent(request.headers());
     let callers_trace = parent.as_ref().map(|parent| parent.context.trace_id);
     let trace = traces::server_span(rpc.service, rpc.method, parent);
     if span.is_disabled() {
-        // No log line of the call will be written (RUST_LOG above info): no ids to format.
+        // No log line of the call will be written: no ids to format.
         return (span, trace);
     }
     // Traces off: the log lines still name the caller's trace.

@@ -111,8 +111,7 @@ impl Settings {
     fn channel(&self) -> Result<Channel, String> {
         let mut endpoint = Endpoint::from_str(&self.endpoint)
             .map_err(|err| format!("bad OTLP endpoint {:?}: {err}", self.endpoint))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout);
+            .connect_timeout(self.timeout);
         if self.endpoint.starts_with("https:") {
             let Some(path) = &self.certificate else {
                 return Err(

@@ -164,6 +164,11 @@ fn percent_decoded(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether spans are exported (the environment asked for it and the exporter started).
+pub(crate) fn exported() -> bool {
+    TRACES.get().is_some()
+}
+
 /// The SERVER span of a call of `service/method`, a child of the caller's span when there is
 /// one; `None` when traces are not exported.
 pub(crate) fn server_span(
