@@ -1,6 +1,7 @@
 //! Compiles `proto/` without a system `protoc` (protox is a pure-Rust compiler) and writes the
 //! encoded descriptor set to OUT_DIR so the server can offer reflection. Also names the build
-//! for `--version`: the package version, and the git commit when built from a checkout.
+//! for `--version`: the package version, and the git commit when built from a checkout. And
+//! tells the integration tests what this machine can run them against (`test_environment`).
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -25,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cargo:rustc-env=STUDENT_SERVICE_COMMIT={}",
         commit.unwrap_or_default()
     );
+
+    test_environment();
 
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -56,4 +59,26 @@ fn commit() -> Option<String> {
         watch(git(&["rev-parse", "--git-path", &branch]));
     }
     Some(commit)
+}
+
+/// The integration tests that need more than a Rust toolchain are marked ignored, with the
+/// reason, unless what they need is there: `test_postgres` when `TEST_DATABASE_URL` names a
+/// server, `test_nats_server` when `nats-server` is on PATH. A test can only be ignored at compile
+/// time, so the check is made here; `cargo test`'s summary then counts such tests as ignored
+/// instead of as passed.
+fn test_environment() {
+    println!("cargo::rustc-check-cfg=cfg(test_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(test_nats_server)");
+    println!("cargo:rerun-if-env-changed=TEST_DATABASE_URL");
+    println!("cargo:rerun-if-env-changed=PATH");
+    if env::var("TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
+        println!("cargo:rustc-cfg=test_postgres");
+    }
+    let on_path = |name: &str| {
+        env::var_os("PATH")
+            .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    if on_path("nats-server") {
+        println!("cargo:rustc-cfg=test_nats_server");
+    }
 }

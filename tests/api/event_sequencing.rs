@@ -47,10 +47,12 @@ async fn read_events(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+)]
 async fn postgres_a_transaction_that_commits_late_is_delivered_late_never_skipped() {
-    let Some(backend) = Backend::postgres() else {
-        return;
-    };
+    let backend = Backend::postgres();
     let app = TestApp::spawn(backend).await;
     let students = app.create_students(4).await;
     let course = app.create_course("LATE", "Late", 0).await.id;
@@ -102,12 +104,14 @@ async fn postgres_a_transaction_that_commits_late_is_delivered_late_never_skippe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+)]
 async fn postgres_replicas_share_one_gap_free_sequence_and_take_over_numbering() {
     const CLIENTS: usize = 8;
     const CALLS: usize = 600;
-    let Some(backend) = Backend::postgres() else {
-        return;
-    };
+    let backend = Backend::postgres();
     let database = TestDatabase::create(&backend).await;
     // The first replica to start takes the sequencer lock.
     let first = ServerProcess::start(&database.url, &[]).await;

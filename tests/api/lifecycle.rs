@@ -329,10 +329,12 @@ async fn the_migrate_and_verify_commands_report_what_they_did() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+)]
 async fn postgres_health_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
-    let Some(backend) = Backend::postgres() else {
-        return;
-    };
+    let backend = Backend::postgres();
     let database = TestDatabase::create(&backend).await;
     let target = postgres_address(&database.url).await;
     let proxy = Proxy::start(target).await;

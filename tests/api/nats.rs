@@ -1,7 +1,6 @@
-//! Delivery of the events to NATS JetStream, against real NATS servers: the shared one on
-//! 127.0.0.1:4222 (`NATS_URL` to change it), and private ones the tests start and stop
-//! (Debian's `nats-server`). Every test uses a stream and subject prefix of its own and deletes
-//! the stream afterwards.
+//! Delivery of the events to NATS JetStream, against real NATS servers the tests start and stop
+//! themselves (Debian's `nats-server`, found on PATH when the tests are built; without it these
+//! tests are reported as ignored). Every test uses a stream and subject prefix of its own.
 
 use std::{
     collections::HashSet,
@@ -26,15 +25,12 @@ use crate::{
 };
 
 on_both_backends!(
+    needs_nats_server:
     events_reach_jetstream_in_order_as_cloudevents,
     a_crash_between_publish_and_mark_duplicates_nothing,
 );
 
 static STREAMS: AtomicU32 = AtomicU32::new(0);
-
-fn shared_nats() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 /// A stream and subject prefix no other test uses.
 fn unique(url: &str) -> NatsSettings {
@@ -115,7 +111,8 @@ fn header(message: &async_nats::jetstream::message::StreamMessage, name: &str) -
 }
 
 async fn events_reach_jetstream_in_order_as_cloudevents(backend: Backend) {
-    let nats = unique(&shared_nats());
+    let broker = PrivateNats::start().await;
+    let nats = unique(&broker.url());
     let settings = ServerSettings {
         nats: Some(nats.clone()),
         ..ServerSettings::default()
@@ -184,7 +181,8 @@ async fn events_reach_jetstream_in_order_as_cloudevents(backend: Backend) {
 /// stream holds every event of the outbox exactly once, in sequence order (the re-publish of
 /// events published but not yet marked is dropped by JetStream's duplicate window).
 async fn a_crash_between_publish_and_mark_duplicates_nothing(backend: Backend) {
-    let nats = unique(&shared_nats());
+    let broker = PrivateNats::start().await;
+    let nats = unique(&broker.url());
     let env = [
         ("EVENTS_NATS_URL", nats.url.as_str()),
         ("EVENTS_NATS_STREAM", nats.stream.as_str()),
@@ -320,6 +318,10 @@ impl PrivateNats {
 /// The broker goes away under load: no call fails or waits for it, and once it is back every
 /// event arrives, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_nats_server),
+    ignore = "needs nats-server (Debian package nats-server) on PATH when the tests are built"
+)]
 async fn a_broker_outage_fails_no_call_and_loses_no_event() {
     let broker = PrivateNats::start().await;
     let nats = unique(&broker.url());
