@@ -5,23 +5,68 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::{Error, Resource};
+use crate::error::{Error, FieldViolation, Resource};
 
 /// The `domain` of every google.rpc.ErrorInfo we send.
 const ERROR_DOMAIN: &str = "school.v1";
+
+/// An error travels in the response's trailers (`grpc-message`, percent-encoded, and
+/// `grpc-status-details-bin`, base64), and a client refuses trailers over its metadata limit,
+/// reporting RESOURCE_EXHAUSTED instead of our status: 8 KiB in grpc-java, 16 KiB in
+/// grpc-python and grpc-core. So what one error lists is capped: at most this many field
+/// violations (the message says how many more there were)...
+const MAX_VIOLATIONS_LISTED: usize = 10;
+/// ...each description at most this many bytes (some quote what the client sent)...
+const MAX_DESCRIPTION_BYTES: usize = 200;
+/// ...and the message at most this many bytes. With the largest ErrorInfo we send (100 course
+/// ids), the trailers stay under 6 KiB (test `every_error_fits_in_a_clients_metadata_limit`).
+const MAX_MESSAGE_BYTES: usize = 1024;
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let (code, reason, metadata) = classify(&err);
         log(&err, code);
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
-        if let Error::InvalidArgument(violations) = &err {
-            for violation in violations {
-                details.add_bad_request_violation(violation.field.as_ref(), &violation.description);
+        let message = match err {
+            Error::InvalidArgument(violations) => {
+                let not_listed = violations.len().saturating_sub(MAX_VIOLATIONS_LISTED);
+                let listed: Vec<FieldViolation> = violations
+                    .into_iter()
+                    .take(MAX_VIOLATIONS_LISTED)
+                    .map(|violation| FieldViolation {
+                        description: truncated(&violation.description, MAX_DESCRIPTION_BYTES),
+                        ..violation
+                    })
+                    .collect();
+                for violation in &listed {
+                    details.add_bad_request_violation(
+                        violation.field.as_ref(),
+                        &violation.description,
+                    );
+                }
+                let mut message = Error::InvalidArgument(listed).to_string();
+                if not_listed > 0 {
+                    message.push_str(&format!("; and {not_listed} more not listed"));
+                }
+                message
             }
-        }
-        Status::with_error_details(code, err.to_string(), details)
+            err => err.to_string(),
+        };
+        Status::with_error_details(code, truncated(&message, MAX_MESSAGE_BYTES), details)
     }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary, marked with an ellipsis.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const ELLIPSIS: &str = "...";
+    let mut end = max - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
 }
 
 fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
@@ -142,5 +187,62 @@ fn log(err: &Error, code: Code) {
         Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
         Error::Unavailable(_) | Error::Conflict(_) => tracing::warn!(?code, cause, "{err}"),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of the trailers a status is sent as.
+    fn trailer_bytes(status: &Status) -> usize {
+        let mut headers = http::HeaderMap::new();
+        status.add_header(&mut headers).expect("a valid status");
+        headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum()
+    }
+
+    #[test]
+    fn every_error_fits_in_a_clients_metadata_limit() {
+        // grpc-java's default limit for all of a response's trailers.
+        const LIMIT: usize = 8 * 1024;
+        let many_violations: Vec<FieldViolation> = (0..1_000_000)
+            .map(|i| FieldViolation::new(format!("course_ids[{i}]"), "é".repeat(1000)))
+            .collect();
+        let largest_ids: Vec<i64> = vec![i64::MAX; 100];
+        for err in [
+            Error::InvalidArgument(many_violations),
+            Error::CoursesNotFound(largest_ids.clone()),
+            Error::CoursesFull(largest_ids),
+            Error::EmailTaken("é".repeat(254)),
+        ] {
+            let status = Status::from(err);
+            let bytes = trailer_bytes(&status);
+            assert!(bytes < LIMIT, "{bytes} bytes of trailers: {status:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_says_how_many_violations_it_does_not_list() {
+        let violations = (0..25)
+            .map(|i| FieldViolation::new(format!("course_ids[{i}]"), "must be a positive id"))
+            .collect();
+        let status = Status::from(Error::InvalidArgument(violations));
+        assert!(
+            status.message().ends_with("; and 15 more not listed"),
+            "{}",
+            status.message()
+        );
+        let listed = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(listed.field_violations.len(), MAX_VIOLATIONS_LISTED);
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncated("abc", 3), "abc");
+        assert_eq!(truncated("abcdef", 5), "ab...");
+        assert_eq!(truncated("éééé", 6), "é...");
     }
 }

@@ -259,7 +259,7 @@ impl CourseUpdate {
 }
 
 /// A valid BatchAssignCourses: the student and 1 to 100 distinct courses, in request order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchAssign {
     pub student_id: i64,
     pub course_ids: Vec<i64>,
@@ -276,6 +276,8 @@ impl BatchAssign {
             )));
         }
         if course_ids.len() > MAX_BATCH_COURSES {
+            // Refused on the count alone: checking each id of a request that is refused anyway
+            // would make its cost grow with its size (a million ids fit in the message limit).
             checks.take::<()>(Err(FieldViolation::new(
                 "course_ids",
                 format!(
@@ -283,6 +285,7 @@ impl BatchAssign {
                     course_ids.len()
                 ),
             )));
+            return checks.finish(BatchAssign::default());
         }
         let mut first_seen: HashMap<i64, usize> = HashMap::with_capacity(course_ids.len());
         for (index, &id) in course_ids.iter().enumerate() {
@@ -474,5 +477,21 @@ mod tests {
         let found = violations(BatchAssign::parse(1, &[]).expect_err("empty"));
         assert_eq!(found[0].0, "course_ids");
         assert!(BatchAssign::parse(1, &(1..=100).collect::<Vec<_>>()).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_batch_is_refused_on_its_count_alone() {
+        let zeros = vec![0; 1_000_000];
+        let found = violations(BatchAssign::parse(0, &zeros).expect_err("too many"));
+        assert_eq!(
+            found,
+            [
+                ("student_id".into(), "must be a positive id, got 0".into()),
+                (
+                    "course_ids".into(),
+                    "must name at most 100 courses, got 1000000".into()
+                ),
+            ]
+        );
     }
 }

@@ -14,6 +14,7 @@ on_both_backends!(
     a_batch_with_missing_courses_names_every_one,
     a_missing_student_is_named_first,
     invalid_batches_report_every_violation,
+    an_oversized_batch_costs_one_short_error,
     get_enrollment_returns_the_pair_or_says_why_not,
 );
 
@@ -242,6 +243,33 @@ async fn invalid_batches_report_every_violation(backend: Backend) {
         "at most 100 courses, got 101",
     );
     assert_eq!(violated_fields(&status), ["course_ids"]);
+    app.stop().await;
+}
+
+/// A million zero ids fit in the message limit. The error names the count, not each id, so it
+/// costs the server nothing per id and fits in any client's metadata limit (grpc-python refuses
+/// trailers over 16 KiB and reports RESOURCE_EXHAUSTED instead); a batch of 100 bad ids lists
+/// ten of them and says how many more there were.
+async fn an_oversized_batch_costs_one_short_error(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let student = app.create_students(1).await[0];
+
+    let status = assert_error(
+        app.batch_assign(student, &vec![0; 1_000_000]).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        "course_ids: must name at most 100 courses, got 1000000",
+    );
+    assert_eq!(violated_fields(&status), ["course_ids"]);
+
+    let status = assert_error(
+        app.batch_assign(student, &[0; 100]).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        "; and 90 more not listed",
+    );
+    assert_eq!(violated_fields(&status).len(), 10);
+    assert!(status.message().len() < 1024, "{}", status.message());
     app.stop().await;
 }
 
