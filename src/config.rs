@@ -114,7 +114,7 @@ pub struct ServeArgs {
     pub events_nats_subject_prefix: String,
 
     /// Calls served at once across all connections; one more fails at once with
-    /// RESOURCE_EXHAUSTED. Health checks are not counted.
+    /// RESOURCE_EXHAUSTED. Health checks and reflection are not counted.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_in_flight: u32,
 

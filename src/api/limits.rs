@@ -16,7 +16,9 @@
 //! bounded however many clients pile on. A call counts until its response body has ended, so an
 //! open stream counts for as long as it is open. Calls already admitted queue for a database connection
 //! and get UNAVAILABLE after the pool's acquire timeout. Health checks are exempt: a probe must
-//! not fail because the server is busy serving.
+//! not fail because the server is busy serving. So is reflection, which never touches the
+//! database: grpcurl holds a reflection stream open beside each call it makes, so counting it
+//! took two slots per grpcurl call (with `--max-in-flight 1`, grpcurl could not call at all).
 
 use std::{
     sync::Arc,
@@ -36,8 +38,8 @@ use tower::{Layer, Service};
 use super::BoxFuture;
 use crate::error::Error;
 
-/// Calls under this path prefix skip the in-flight limit.
-const EXEMPT_PREFIX: &str = "/grpc.health.v1.Health/";
+/// Calls under these path prefixes skip the in-flight limit.
+const EXEMPT_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
 
 /// Adds [`CallLimits`] to every service of the server.
 #[derive(Debug, Clone)]
@@ -90,7 +92,11 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let permit = if request.uri().path().starts_with(EXEMPT_PREFIX) {
+        let path = request.uri().path();
+        let permit = if EXEMPT_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
             None
         } else {
             match self.limits.in_flight.clone().try_acquire_owned() {

@@ -20,6 +20,7 @@ on_both_backends!(
     data_survives_a_restart,
     health_is_serving_for_every_name_and_turns_not_serving_at_shutdown,
     reflection_v1_and_v1alpha_describe_our_services,
+    an_open_reflection_stream_takes_no_call_slot,
     migrations_apply_once,
 );
 
@@ -201,6 +202,42 @@ async fn error_details_are_served_under_their_canonical_names() {
         let found = reflect_v1(&app, V1Request::FileByFilename(bare.into())).await;
         assert!(found.is_err(), "{bare} is still served: {found:?}");
     }
+    app.stop().await;
+}
+
+/// grpcurl keeps a reflection stream open beside each call it makes: with `--max-in-flight 1`
+/// the call must still get the one slot.
+async fn an_open_reflection_stream_takes_no_call_slot(backend: Backend) {
+    let settings = ServerSettings {
+        max_in_flight: 1,
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_on(TestDatabase::create(&backend).await, settings).await;
+    let (requests, receiver) = tokio::sync::mpsc::channel(1);
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let list = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    requests.send(list).await.expect("queued");
+    let mut responses = client
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    responses
+        .next()
+        .await
+        .expect("a response")
+        .expect("the services listed");
+
+    // The reflection stream is still open (its request stream is): a call gets the slot.
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    assert_eq!(ada.name, "Ada");
+    drop(requests);
     app.stop().await;
 }
 
