@@ -27,7 +27,7 @@ use crate::{
     },
     relay::NatsSettings,
     security::{RequireToken, Security},
-    store::Store,
+    store::{Readiness, Store},
 };
 
 /// The names health reports on: the whole server and each of our services.
@@ -292,24 +292,32 @@ async fn stop_probe(probe: JoinHandle<()>) {
     let _ = probe.await;
 }
 
-/// Pings the database every `interval`; health follows its answer: NOT_SERVING while it is
-/// unreachable, SERVING again once it answers.
+/// Asks the database every `interval`, on the probe's own connection; health follows its
+/// answer: NOT_SERVING while it is unreachable or refuses writes, SERVING again once it is back.
 async fn probe_database(store: Store, reporter: HealthReporter, interval: Duration) {
-    let mut serving = true;
+    let mut probe = store.probe();
+    let mut last = Readiness::Ready;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let reachable = matches!(
-            tokio::time::timeout(interval, store.ping()).await,
-            Ok(Ok(()))
-        );
-        if reachable != serving {
-            serving = reachable;
-            if serving {
-                tracing::info!("database reachable again: health SERVING");
+        let readiness = probe.check(interval).await;
+        if readiness == last {
+            continue;
+        }
+        last = readiness;
+        match readiness {
+            Readiness::Ready => {
+                tracing::info!("database reachable and writable again: health SERVING");
                 set_health(&reporter, ServingStatus::Serving).await;
-            } else {
+            }
+            Readiness::ReadOnly => {
+                tracing::warn!(
+                    "database refuses writes (a standby, or read-only transactions): health NOT_SERVING"
+                );
+                set_health(&reporter, ServingStatus::NotServing).await;
+            }
+            Readiness::Unreachable => {
                 tracing::warn!("database unreachable: health NOT_SERVING");
                 set_health(&reporter, ServingStatus::NotServing).await;
             }

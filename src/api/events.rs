@@ -1,9 +1,9 @@
 //! `school.v1.EnrollmentEventService`: the outbox as a gRPC stream, replayed then followed live.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{Semaphore, SemaphorePermit, mpsc, watch},
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +28,8 @@ type Sent = Result<pb::WatchEnrollmentEventsResponse, Status>;
 #[derive(Debug, Clone)]
 pub struct EventApi {
     store: Store,
+    /// Watchers read through at most this many connections at once (see [`watcher_share`]).
+    reads: Arc<Semaphore>,
     /// The newest sequence, kept current by the store's head follower.
     head: watch::Receiver<i64>,
     heartbeat: Duration,
@@ -38,6 +40,7 @@ impl EventApi {
     /// shuts down, and the stream's reader task ends with it.
     pub fn new(store: Store, head: watch::Receiver<i64>, heartbeat: Duration) -> Self {
         Self {
+            reads: Arc::new(Semaphore::new(watcher_share(store.max_connections()))),
             store,
             head,
             heartbeat,
@@ -59,7 +62,10 @@ impl EnrollmentEventService for EventApi {
             request.student_id,
             request.course_id,
         )?;
-        let range = self.store.event_range().await?;
+        let range = {
+            let _reading = self.reading().await?;
+            self.store.event_range().await?
+        };
         if after > range.head {
             return Err(Error::SequenceInFuture {
                 after,
@@ -132,6 +138,7 @@ impl EventApi {
         cursor: i64,
         filter: EventFilter,
     ) -> crate::error::Result<(Vec<Event>, i64)> {
+        let _reading = self.reading().await?;
         let head = self.store.event_head().await?;
         let events = self.store.events_after(cursor, head, filter, PAGE).await?;
         // Read after the page, so that a deletion while it was read is seen. With no event left,
@@ -144,6 +151,12 @@ impl EventApi {
         Ok((events, head))
     }
 
+    /// A turn to read, waiting while the watchers' share of connections is in use.
+    async fn reading(&self) -> crate::error::Result<SemaphorePermit<'_>> {
+        // The semaphore is never closed.
+        self.reads.acquire().await.map_err(|_| Error::ShuttingDown)
+    }
+
     /// Sends one response, waiting while the watcher's window is full; false when the watcher
     /// is gone.
     async fn send(&self, sender: &mpsc::Sender<Sent>, events: Vec<Event>, head: i64) -> bool {
@@ -153,4 +166,13 @@ impl EventApi {
         };
         sender.send(Ok(response)).await.is_ok()
     }
+}
+
+/// How many of the pool's `connections` event watchers may use at once: a quarter, at least
+/// one. A watcher catching up reads page after page without pause, and a few hundred of them
+/// would otherwise hold every connection in turn: unary calls queued behind them for seconds
+/// and failed with "pool timed out". They wait for their turn instead, which only slows the
+/// catching up.
+fn watcher_share(connections: u32) -> usize {
+    (connections as usize / 4).max(1)
 }

@@ -29,6 +29,7 @@ mod migrate;
 mod observe;
 mod pg_pool;
 mod postgres;
+mod probe;
 mod redact;
 mod sqlite;
 mod sqlite_direct;
@@ -44,6 +45,7 @@ pub use events::{Event, EventRange, Leadership, follow_head, retain_events};
 pub use group_commit::Assigner;
 pub use migrate::Applied;
 pub use pg_pool::{Connections, Lent};
+pub use probe::{Probe, Readiness};
 pub use redact::redact;
 pub use sqlite::{ClaimError, Location, ServingClaim};
 pub use sqlite_direct::{DirectReaders, FALLBACKS as SQLITE_DIRECT_FALLBACKS};
@@ -247,6 +249,14 @@ impl Store {
                 writer, location, ..
             } => sqlite::claim(location, writer).await,
             Store::Postgres(_) => Ok(ServingClaim::none()),
+        }
+    }
+
+    /// The most connections calls share: the pool's size (on SQLite, the readers').
+    pub fn max_connections(&self) -> u32 {
+        match self {
+            Store::Sqlite { readers, .. } => readers.options().get_max_connections(),
+            Store::Postgres(pool) => pool.max_connections(),
         }
     }
 

@@ -257,14 +257,31 @@ impl TestApp {
         TestApp::spawn_serving(database, &url, settings).await
     }
 
+    /// Like `spawn_on`, with a server pool of its own size and acquire timeout.
+    pub(crate) async fn spawn_with_pool(
+        database: TestDatabase,
+        settings: ServerSettings,
+        pool: PoolSettings,
+    ) -> TestApp {
+        let url = database.url.clone();
+        TestApp::spawn_serving_with(database, &url, settings, pool).await
+    }
+
     async fn spawn_serving(
         database: TestDatabase,
         server_url: &str,
         settings: ServerSettings,
     ) -> TestApp {
-        let store = Store::connect(server_url, &pool_settings())
-            .await
-            .expect("connect");
+        TestApp::spawn_serving_with(database, server_url, settings, pool_settings()).await
+    }
+
+    async fn spawn_serving_with(
+        database: TestDatabase,
+        server_url: &str,
+        settings: ServerSettings,
+        pool: PoolSettings,
+    ) -> TestApp {
+        let store = Store::connect(server_url, &pool).await.expect("connect");
         store.migrate().await.expect("migrate");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");

@@ -3,6 +3,7 @@
 
 mod deadlines;
 mod hostile;
+mod isolation;
 mod overload;
 pub(crate) mod raw;
 
