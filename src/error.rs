@@ -101,6 +101,11 @@ pub enum Error {
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
 
+    /// The database refuses writes: the endpoint reaches a PostgreSQL standby (or read-only
+    /// transactions), or the SQLite file became read-only. Nothing was written.
+    #[error("the database is read-only now; retry later")]
+    ReadOnly(#[source] sqlx::Error),
+
     /// The server is shutting down; the call can be made again (on another replica).
     #[error("the server is shutting down; call again")]
     ShuttingDown,

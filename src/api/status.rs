@@ -153,6 +153,7 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
+        Error::ReadOnly(_) => (Code::Unavailable, "DATABASE_READ_ONLY", HashMap::new()),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", HashMap::new()),
         Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new()),
         Error::Overloaded(limit) => (
@@ -185,7 +186,9 @@ fn log(err: &Error, code: Code) {
     let cause = std::error::Error::source(err).map(|source| source.to_string());
     match err {
         Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
-        Error::Unavailable(_) | Error::Conflict(_) => tracing::warn!(?code, cause, "{err}"),
+        Error::Unavailable(_) | Error::ReadOnly(_) | Error::Conflict(_) => {
+            tracing::warn!(?code, cause, "{err}")
+        }
         _ => {}
     }
 }

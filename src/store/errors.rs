@@ -9,6 +9,7 @@ impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match classify(&err) {
             Class::Unavailable => Error::Unavailable(err),
+            Class::ReadOnly => Error::ReadOnly(err),
             Class::Conflict => Error::Conflict(Box::new(err)),
             Class::Internal => Error::Internal(Box::new(err)),
         }
@@ -21,6 +22,7 @@ pub(super) fn shared(err: &sqlx::Error) -> Error {
     let text = || err.to_string().into();
     match classify(err) {
         Class::Unavailable => Error::Unavailable(sqlx::Error::Protocol(err.to_string())),
+        Class::ReadOnly => Error::ReadOnly(sqlx::Error::Protocol(err.to_string())),
         Class::Conflict => Error::Conflict(text()),
         Class::Internal => Error::Internal(text()),
     }
@@ -51,6 +53,7 @@ pub(super) fn leaves_connection_clean(err: &sqlx::Error) -> bool {
 
 enum Class {
     Unavailable,
+    ReadOnly,
     Conflict,
     Internal,
 }
@@ -63,6 +66,7 @@ fn classify(err: &sqlx::Error) -> Class {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => Class::Unavailable,
         sqlx::Error::Database(db) if is_unavailable(db.as_ref()) => Class::Unavailable,
+        sqlx::Error::Database(db) if refuses_writes(db.as_ref()) => Class::ReadOnly,
         sqlx::Error::Database(db) if is_conflict(db.as_ref()) => Class::Conflict,
         _ => Class::Internal,
     }
@@ -86,6 +90,15 @@ fn is_unavailable(db: &dyn DatabaseError) -> bool {
 fn sqlite_primary_code(db: &dyn DatabaseError) -> Option<i32> {
     db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
     Some(db.code()?.parse::<i32>().ok()? & 0xff)
+}
+
+/// PostgreSQL's read_only_sql_transaction (25006: a standby, or `default_transaction_read_only`)
+/// or SQLITE_READONLY (8).
+fn refuses_writes(db: &dyn DatabaseError) -> bool {
+    match sqlite_primary_code(db) {
+        Some(primary) => primary == 8,
+        None => db.code().as_deref() == Some("25006"),
+    }
 }
 
 /// SQLITE_READONLY (8): the file cannot be written.

@@ -5,6 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sqlx::{Connection, Executor};
 use student_service::{api::pb, server::ServerSettings};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -419,6 +420,95 @@ async fn postgres_health_follows_the_database_and_calls_fail_fast_while_it_is_go
         after.expect("served again without a restart").into_inner(),
         ada
     );
+    app.stop().await;
+}
+
+/// The database endpoint starts refusing writes, as when it moves to a standby (here by the
+/// database's `default_transaction_read_only`, which refuses writes with the same SQLSTATE,
+/// 25006, as a standby does): writes fail UNAVAILABLE DATABASE_READ_ONLY, never INTERNAL, and
+/// health is NOT_SERVING until the database takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+)]
+async fn postgres_a_read_only_database_is_unavailable_and_not_serving_until_writable() {
+    let database = TestDatabase::create(&Backend::postgres()).await;
+    let settings = ServerSettings {
+        health_interval: Duration::from_millis(100),
+        ..ServerSettings::default()
+    };
+    let app = TestApp::spawn_on(database, settings).await;
+    let mut health = app.health.clone();
+    let mut admin = sqlx::PgConnection::connect(&app.database.url)
+        .await
+        .expect("connect");
+    let read_only = |on: bool| {
+        let value = if on { "on" } else { "off" };
+        format!(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {value}', current_database()); END $$"
+        )
+    };
+    // Sessions read the setting when they start: end the server's.
+    let reconnect = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()";
+
+    admin
+        .execute(sqlx::AssertSqlSafe(read_only(true)))
+        .await
+        .expect("read-only");
+    admin.execute(reconnect).await.expect("terminate sessions");
+    wait_for_health(&mut health, ServingStatus::NotServing).await;
+    let started = Instant::now();
+    let refused = loop {
+        // The first call on a session that was ended fails as unavailable, and ends it.
+        let answer = app
+            .students
+            .clone()
+            .create_student(pb::CreateStudentRequest {
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            })
+            .await;
+        let status = answer.expect_err("no write succeeds on a read-only database");
+        if crate::helpers::error_reason(&status) != "DATABASE_UNAVAILABLE"
+            || started.elapsed() > Duration::from_secs(5)
+        {
+            break status;
+        }
+    };
+    assert_error(
+        Err::<(), _>(refused),
+        Code::Unavailable,
+        "DATABASE_READ_ONLY",
+        "read-only",
+    );
+
+    admin
+        .execute(sqlx::AssertSqlSafe(read_only(false)))
+        .await
+        .expect("writable");
+    admin.execute(reconnect).await.expect("terminate sessions");
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let started = Instant::now();
+    loop {
+        let answer = app
+            .students
+            .clone()
+            .create_student(pb::CreateStudentRequest {
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            })
+            .await;
+        match answer {
+            Ok(_) => break,
+            Err(status) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "writes do not come back: {status:?}"
+            ),
+        }
+    }
+    admin.close().await.expect("close");
     app.stop().await;
 }
 
