@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The event feed as its consumers see it, on each backend given: the server relays to the NATS
 # JetStream on 127.0.0.1:4222 (a stream and subjects of this run's own, deleted afterwards), a few
-# enrollments are made with grpcurl, and examples/python/events_consumer.py (nats-py) must read
-# exactly their events, in order, with no gap.
+# enrollments are made with grpcurl (four events), and examples/python/events_consumer.py
+# (nats-py) with --count 3 must print exactly the first three, in order, with no gap.
 #
 # usage: events_check.sh BINARY DATABASE_URL...
 set -euo pipefail
@@ -48,10 +48,32 @@ for url in "$@"; do
   call StudentService/AssignCourse "{\"student_id\": $a, \"course_id\": $course}"
   call StudentService/AssignCourse "{\"student_id\": $b, \"course_id\": $course}"
   call StudentService/UnassignCourse "{\"student_id\": $a, \"course_id\": $course}"
+  # A fourth event, which --count 3 must leave alone: wait until the relay has put all four on the
+  # stream, so that a consumer that reads past --count would print it.
+  call StudentService/AssignCourse "{\"student_id\": $a, \"course_id\": $course}"
+  python3 - "$nats_url" "$stream" <<'PY'
+import asyncio, sys, time, nats
+async def messages(jetstream, stream):
+    try:
+        return (await jetstream.stream_info(stream)).state.messages
+    except nats.js.errors.NotFoundError:  # the relay has not created it yet
+        return 0
+async def main(url, stream):
+    connection = await nats.connect(url)
+    deadline = time.time() + 10
+    while await messages(connection.jetstream(), stream) < 4:
+        if time.time() > deadline:
+            sys.exit(f"the stream {stream} did not get 4 events within 10 s")
+        await asyncio.sleep(0.1)
+    await connection.close()
+asyncio.run(main(*sys.argv[1:]))
+PY
   echo "events on $url:"
   python3 "$root/examples/python/events_consumer.py" --nats "$nats_url" --stream "$stream" \
     --subject-prefix "$prefix" --count 3 --timeout 10 | tee "$work/consumer.out"
   grep -q "events-consumer: 3 events, sequences 1..3, no gap" "$work/consumer.out" \
     || { echo "the consumer did not read the 3 events (a fresh database numbers from 1)"; cat "$work/server.log"; exit 1; }
+  [ "$(grep -c 'TYPE_' "$work/consumer.out")" -eq 3 ] \
+    || { echo "the consumer printed other than 3 events for --count 3"; exit 1; }
   kill -TERM "$server"; wait "$server"
 done

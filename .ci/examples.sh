@@ -8,6 +8,7 @@
 #  - once on a server with TLS and tokens (and a run without the token must be refused), once with
 #    mutual TLS and tokens, once with a token over plaintext (the metadata path); the Rust example
 #    with TLS and the token, and with the token over plaintext;
+#  - that examples/service_config.json names every unary RPC of proto/ once, and no stream;
 #  - that examples/service_config.json is really used: with the server at --max-in-flight 1 and
 #    the only slot held, a call on a channel without retries is refused (RESOURCE_EXHAUSTED) while
 #    the same call through the service config is retried by the channel and succeeds (the server
@@ -172,6 +173,7 @@ os.environ["GRPC_VERBOSITY"] = "NONE"  # the broken config below makes grpc log 
 sys.path.insert(0, "gen")
 import grpc
 from school.v1 import course_service_pb2 as course_pb, student_service_pb2 as pb
+from school.v1 import enrollment_event_service_pb2 as events_pb
 from school.v1 import student_service_pb2_grpc as pb_grpc
 
 target, config_path, log_path = sys.argv[1:]
@@ -211,6 +213,20 @@ def hold_the_slot():
                                response_deserializer=lambda b: b)
     return release, call.future(body(), timeout=20)
 
+
+# Every unary RPC of proto/ has an entry, once; a stream (WatchEnrollmentEvents) has none, as a
+# timeout would end it.
+unary = sorted((service.full_name, method.name)
+               for module in (pb, course_pb, events_pb)
+               for service in module.DESCRIPTOR.services_by_name.values()
+               for method in service.methods
+               if not (method.client_streaming or method.server_streaming))
+named = sorted((name["service"], name["method"])
+               for entry in json.loads(config)["methodConfig"] for name in entry["name"])
+missing = sorted(set(unary) - set(named))
+extra = sorted(set(named) - set(unary)) + sorted({n for n in named if named.count(n) > 1})
+check(not missing and not extra, f"service_config.json names each of the {len(unary)} unary RPCs once "
+      f"and nothing else (missing: {missing or 'none'}; extra or repeated: {extra or 'none'})")
 
 email = f"retry-{time.time_ns()}@example.com"
 ada = students.CreateStudent(pb.CreateStudentRequest(name="Ada", email=email), timeout=10)

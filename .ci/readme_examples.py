@@ -6,7 +6,7 @@ Each ```console block whose first line is `$ grpcurl ...` (or `$ curl ...`, for 
 endpoint, which the server serves on METRICS_IN_README) is one example: the command, then the
 exact output expected (stdout and stderr). Examples run on one fresh database in DOCUMENTS order
 (README.md first, whose tour docs/api.md continues, then the other files of docs/ by name), each
-file top to bottom, so they may build on each other. Timestamps and event ids (UUIDs, different in every database) are
+file top to bottom, so they may build on each other. Timestamps and event ids (version 8 UUIDs, different in every database) are
 the only things normalised before comparing.
 
 usage: readme_examples.py BINARY DATABASE_URL [--write]
@@ -26,8 +26,9 @@ import time
 ADDRESS_IN_README = "localhost:50051"
 METRICS_IN_README = "localhost:9090"
 TIMESTAMP = re.compile(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"')
-# Event ids are UUIDs derived from a random namespace of the database.
-UUID = re.compile(r'"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"')
+# Event ids are version 8 UUIDs derived from a random namespace of the database. Only that form
+# is normalised, so an example showing another version (a v4 id) fails the comparison.
+UUID = re.compile(r'"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"')
 
 
 BLOCK = re.compile(r"```console\n(\$ (?:grpcurl|curl) .*?)```", flags=re.S)

@@ -14,7 +14,9 @@ Needs: python3 -m pip install nats-py protobuf grpcio-tools (grpcio-tools only t
 Run:   python3 examples/python/events_consumer.py --nats nats://127.0.0.1:4222 --count 3
 It reads from the start of the stream (an ephemeral pull consumer), prints one line per event,
 and stops after --count new events (or --timeout seconds without one). Last line:
-"events-consumer: N events, sequences A..B, no gap" ; exits 1 on a gap or a bad message.
+"events-consumer: N events, sequences A..B, no gap" ; exits 1 on a gap, a bad message, or fewer
+than --count events. It pulls no more messages than it still needs, so it prints and acknowledges
+exactly --count events (a re-publish it skips is acknowledged too, and not counted).
 """
 
 import argparse
@@ -57,8 +59,12 @@ async def follow(args, EnrollmentEvent):
     seen, first, last = set(), None, None
     try:
         while len(seen) < args.count:
+            # Pull no more than the events still wanted: a message pulled is delivered to this
+            # consumer, and one not handled would be left unacknowledged until JetStream's
+            # ack wait runs out. (A re-publish makes the batch short by one; the loop pulls again.)
             try:
-                messages = await subscription.fetch(batch=100, timeout=args.timeout)
+                messages = await subscription.fetch(
+                    batch=min(100, args.count - len(seen)), timeout=args.timeout)
             except nats.errors.TimeoutError:
                 break
             for message in messages:
@@ -86,7 +92,7 @@ async def follow(args, EnrollmentEvent):
     finally:
         await connection.close()
     print(f"events-consumer: {len(seen)} events, sequences {first}..{last}, no gap")
-    return 0 if len(seen) >= args.count else 1
+    return 0 if len(seen) == args.count else 1
 
 
 def main():
@@ -97,6 +103,8 @@ def main():
     parser.add_argument("--count", type=int, default=1, help="stop after this many events")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for one")
     args = parser.parse_args()
+    if args.count < 1:
+        parser.error("--count must be at least 1")
     sys.exit(asyncio.run(follow(args, event_type())))
 
 
