@@ -67,7 +67,8 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
-    /// How often the health probe checks the database.
+    /// How often the health probe asks the database, on a connection of its own, whether it
+    /// answers and takes writes.
     #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration, hide_env_values = true)]
     pub health_interval: Duration,
 
