@@ -124,6 +124,11 @@ pub struct ServeArgs {
     #[arg(long, env = "METRICS_LISTEN", hide_env_values = true)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// How long a new connection may take to get going before it is closed: on the gRPC port, to
+    /// finish TLS and send the HTTP/2 preface; on the metrics port, to send a request's head.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
+    pub handshake_timeout: Duration,
+
     /// HTTP/2 streams (calls) one connection may have open at once; clients queue the rest.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_concurrent_streams: u32,

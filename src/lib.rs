@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod listen;
 pub mod relay;
 pub mod security;
 pub mod server;

@@ -1,4 +1,4 @@
-use std::{error::Error, net::SocketAddr, process::ExitCode};
+use std::{error::Error, net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use student_service::{
@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
             }
         }
         None => {
+            raise_open_files_limit();
             // Before migrating: a second server on a SQLite file stops here, untouched.
             let _claim = store.claim_for_serving().await?;
             for migration in store.migrate().await? {
@@ -77,7 +78,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 );
             }
             if let Some(address) = cli.serve.metrics_listen {
-                serve_metrics(address, store.clone()).await?;
+                serve_metrics(address, store.clone(), cli.serve.handshake_timeout).await?;
             }
             let listener = TcpListener::bind(cli.serve.listen).await?;
             let args = &cli.serve.security;
@@ -106,6 +107,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 request_timeout: cli.serve.request_timeout,
                 max_in_flight: cli.serve.max_in_flight as usize,
                 max_concurrent_streams: cli.serve.max_concurrent_streams,
+                handshake_timeout: cli.serve.handshake_timeout,
                 watch_heartbeat: cli.serve.watch_heartbeat,
                 events_retention: cli.serve.events_retention,
                 nats: cli.serve.events_nats_url.clone().map(|url| NatsSettings {
@@ -123,15 +125,35 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
 
 /// Installs the metrics recorder and serves `/metrics` on `address` for as long as the process
 /// runs; the pool gauges are read at each scrape.
-async fn serve_metrics(address: SocketAddr, store: Store) -> Result<(), Box<dyn Error>> {
+async fn serve_metrics(
+    address: SocketAddr,
+    store: Store,
+    header_timeout: Duration,
+) -> Result<(), Box<dyn Error>> {
     let handle =
         telemetry::metrics::install(env!("CARGO_PKG_VERSION"), env!("STUDENT_SERVICE_COMMIT"))?;
     let listener = TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "metrics at GET /metrics");
-    tokio::spawn(telemetry::metrics::serve(listener, handle, move || {
-        store.record_pool_gauges();
-    }));
+    let refresh = move || store.record_pool_gauges();
+    tokio::spawn(telemetry::metrics::serve(
+        listener,
+        handle,
+        refresh,
+        header_timeout,
+    ));
     Ok(())
+}
+
+/// Each connection is a file descriptor: the soft limit (often 1,024) would cap the connections
+/// the server can hold far below what the hard limit allows.
+fn raise_open_files_limit() {
+    match student_service::listen::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "open files limit raised to the hard limit");
+        }
+        Ok((limit, _)) => tracing::info!(limit, "open files limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send).

@@ -7,10 +7,7 @@ use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
 };
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -25,6 +22,7 @@ use crate::{
             student_service_server::StudentServiceServer,
         },
     },
+    listen::grpc_incoming,
     relay::NatsSettings,
     security::{RequireToken, Security},
     store::{Readiness, Store},
@@ -58,6 +56,8 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// Calls served at once across all connections; more get RESOURCE_EXHAUSTED at once.
     pub max_in_flight: usize,
+    /// How long a new connection may take to finish TLS and send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
     /// HTTP/2 streams a client may open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
     /// a client queues the rest itself.
     pub max_concurrent_streams: u32,
@@ -79,6 +79,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 1024,
             max_concurrent_streams: 128,
+            handshake_timeout: Duration::from_secs(10),
             watch_heartbeat: Duration::from_secs(10),
             events_retention: Duration::from_secs(7 * 86_400),
             nats: None,
@@ -91,8 +92,6 @@ impl Default for ServerSettings {
 pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("cannot set up TLS")]
-    Tls(#[source] tonic::transport::Error),
     #[error("the server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -165,14 +164,10 @@ pub async fn serve(
     } else {
         RequireToken::default()
     };
-    let mut builder = Server::builder()
+    let server = Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
-    if let Some(tls) = security.tls {
-        builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
-    }
-    let server = builder
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         // Outermost first: the log line and the metrics see the status the limits answer with.
         .layer(ObserveLayer)
         .layer(CallLimitsLayer::new(
@@ -210,7 +205,10 @@ pub async fn serve(
             reflection().build_v1alpha()?,
             authenticate_reflection,
         ))
-        .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
+        .serve_with_incoming_shutdown(
+            grpc_incoming(listener, security.tls, settings.handshake_timeout),
+            stop_accepting,
+        );
 
     tokio::select! {
         served = server => served?,
@@ -255,15 +253,6 @@ fn error_detail_descriptors() -> prost_types::FileDescriptorSet {
         }
     }
     set
-}
-
-/// Accepted connections send small responses at once (no Nagle delay: a unary response is
-/// written as headers, body and trailers, and waiting to coalesce them costs up to 40 ms per
-/// call), and TCP keepalive notices peers that vanished without closing.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

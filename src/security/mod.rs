@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 pub use auth::{Caller, LineProblem, MIN_TOKEN_LENGTH, RequireToken, Tokens, TokensError};
 pub use tls::{TlsError, TlsFile};
-use tonic::transport::ServerTlsConfig;
 
 use crate::config::SecurityArgs;
 
@@ -17,7 +16,7 @@ use crate::config::SecurityArgs;
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     /// TLS (mutual when it names a client CA); `None` serves plaintext.
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The tokens our services require; `None` lets every call through.
     pub tokens: Option<Arc<Tokens>>,
     /// Whether reflection requires a token too. Health never does.

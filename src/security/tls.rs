@@ -6,21 +6,15 @@ use std::{
     fmt,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use rustls::{
-    RootCertStore,
+    RootCertStore, ServerConfig,
     crypto::{CryptoProvider, ring},
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
     sign::CertifiedKey,
 };
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-
-/// How long a client may take over the TLS handshake. Without a limit, a connection that opens
-/// and never finishes the handshake holds a task of the server forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which file an error is about, as the operator set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,22 +88,21 @@ pub enum TlsError {
         source: Option<rustls::server::VerifierBuilderError>,
     },
 
-    /// tonic refused what rustls accepted above; not expected, but reported rather than hidden.
+    /// rustls refused the settings as a whole; not expected once each part was checked.
     #[error("the TLS settings were refused")]
-    Rejected(#[source] tonic::transport::Error),
+    Rejected(#[source] rustls::Error),
 }
 
 /// The server's TLS settings: its certificate chain and key and, for mutual TLS, the CA(s)
-/// that client certificates must be signed by.
+/// that client certificates must be signed by. HTTP/2 only (ALPN `h2`), as gRPC needs.
 pub fn load(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<ServerTlsConfig, TlsError> {
-    // tonic builds its rustls config with the process-wide provider; name ring explicitly so a
-    // second provider compiled in by some other dependency can never make that ambiguous.
-    let _ = ring::default_provider().install_default();
-    let provider = ring::default_provider();
+) -> Result<Arc<ServerConfig>, TlsError> {
+    // Name ring explicitly, so a second provider compiled in by some other dependency can never
+    // make the choice ambiguous.
+    let provider = Arc::new(ring::default_provider());
 
     let cert_pem = read(TlsFile::Certificate, cert)?;
     let key_pem = read(TlsFile::Key, key)?;
@@ -122,33 +115,35 @@ pub fn load(
             source,
         },
     })?;
-    CertifiedKey::from_der(chain, private_key, &provider).map_err(|source| match source {
-        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-            TlsError::KeyMismatch {
+    let certified =
+        CertifiedKey::from_der(chain, private_key, &provider).map_err(|source| match source {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                TlsError::KeyMismatch {
+                    cert: cert.into(),
+                    key: key.into(),
+                }
+            }
+            source => TlsError::Unusable {
                 cert: cert.into(),
                 key: key.into(),
-            }
+                source,
+            },
+        })?;
+
+    let verifier = match client_ca {
+        Some(client_ca) => {
+            let ca_pem = read(TlsFile::ClientCa, client_ca)?;
+            client_verifier(client_ca, &ca_pem, provider.clone())?
         }
-        source => TlsError::Unusable {
-            cert: cert.into(),
-            key: key.into(),
-            source,
-        },
-    })?;
-
-    let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(HANDSHAKE_TIMEOUT);
-    if let Some(client_ca) = client_ca {
-        let ca_pem = read(TlsFile::ClientCa, client_ca)?;
-        check_client_ca(client_ca, &ca_pem, provider)?;
-        config = config.client_ca_root(Certificate::from_pem(ca_pem));
-    }
-
-    Server::builder()
-        .tls_config(config.clone())
-        .map_err(TlsError::Rejected)?;
-    Ok(config)
+        None => WebPkiClientVerifier::no_client_auth(),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rejected)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn read(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -182,7 +177,11 @@ fn certificates(
 
 /// The CA file must hold at least one certificate that can verify clients: rustls would
 /// otherwise skip what it cannot parse and refuse every client.
-fn check_client_ca(path: &Path, pem: &[u8], provider: CryptoProvider) -> Result<(), TlsError> {
+fn client_verifier(
+    path: &Path,
+    pem: &[u8],
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     let (added, _ignored) =
         roots.add_parsable_certificates(certificates(TlsFile::ClientCa, path, pem)?);
@@ -192,11 +191,10 @@ fn check_client_ca(path: &Path, pem: &[u8], provider: CryptoProvider) -> Result<
             source: None,
         });
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider))
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .map_err(|source| TlsError::ClientCa {
             path: path.into(),
             source: Some(source),
-        })?;
-    Ok(())
+        })
 }

@@ -178,6 +178,7 @@ pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     refresh: impl Fn() + Send + Sync + 'static,
+    header_timeout: Duration,
 ) {
     let scrape = Arc::new(move || {
         refresh();
@@ -185,22 +186,20 @@ pub async fn serve(
         text.push_str(&process::render());
         text
     });
+    let mut acceptor = crate::listen::Acceptor::new(listener, "metrics");
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(error = %err, "metrics listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = acceptor.next().await;
         let scrape = scrape.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let scrape = scrape.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &*scrape)) }
             });
+            // A request whose head does not arrive in time is closed (hyper applies the timeout
+            // only with a timer), and so is an idle keep-alive connection.
             if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

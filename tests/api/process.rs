@@ -20,15 +20,47 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts `student-service` on a free port and waits until its health is SERVING.
     pub(crate) async fn start(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::start_with(database_url, env, |_| {}).await
+    }
+
+    /// Like `start`, with a limit of `open_files` file descriptors (soft and hard, so the
+    /// server cannot raise it).
+    pub(crate) async fn start_limited(
+        database_url: &str,
+        env: &[(&str, &str)],
+        open_files: u64,
+    ) -> ServerProcess {
+        ServerProcess::start_with(database_url, env, |command| {
+            let limit = rustix::process::Rlimit {
+                current: Some(open_files),
+                maximum: Some(open_files),
+            };
+            // SAFETY: setrlimit is a single system call, safe between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        })
+        .await
+    }
+
+    async fn start_with(
+        database_url: &str,
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
         let address = free_address();
-        let child = Command::new(env!("CARGO_BIN_EXE_student-service"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_student-service"));
+        command
             .env("DATABASE_URL", database_url)
             .env("LISTEN_ADDR", address.to_string())
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start student-service");
+            .kill_on_drop(true);
+        configure(&mut command);
+        let child = command.spawn().expect("start student-service");
         let server = ServerProcess { child, address };
         server.wait_until_serving().await;
         server
@@ -83,6 +115,19 @@ impl ServerProcess {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("a VmHWM line");
         kib / 1024
+    }
+
+    /// CPU time (user and system) the process has used so far.
+    pub(crate) fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // Fields 14 and 15 (utime, stime), counted after the command name's closing parenthesis.
+        let after_name = &stat[stat.rfind(')').expect("a command name") + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // Linux reports in USER_HZ, 100 per second on every architecture it runs on.
+        Duration::from_millis(ticks * 10)
     }
 
     /// `kill -9`: no shutdown code runs.

@@ -2,6 +2,7 @@
 //! bounded in time and checks the stored data with the same integrity rules as `verify`.
 
 mod deadlines;
+mod half_open;
 mod hostile;
 mod isolation;
 mod overload;
