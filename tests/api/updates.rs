@@ -30,7 +30,7 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 }
 
 impl TestApp {
-    async fn update_student(
+    pub(crate) async fn update_student(
         &self,
         student: pb::Student,
         paths: &[&str],
@@ -43,7 +43,7 @@ impl TestApp {
         answer.map(tonic::Response::into_inner)
     }
 
-    async fn update_course(
+    pub(crate) async fn update_course(
         &self,
         course: pb::Course,
         paths: &[&str],
