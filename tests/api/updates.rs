@@ -323,6 +323,26 @@ async fn a_stale_etag_is_refused_and_nothing_changes(backend: Backend) {
         "student.etag",
     );
     assert_eq!(violated_fields(&status), ["student.etag"]);
+    // Bob's own etag with its numbers spelt another way was never issued either.
+    let id = bob.id;
+    for spelt in [
+        format!("W/\"+{id}.+1\""),
+        format!("W/\"0{id}.0001\""),
+        format!("\"+000{id}.1\""),
+    ] {
+        let respelt = pb::Student {
+            name: "Bobby".into(),
+            etag: spelt.clone(),
+            ..bob.clone()
+        };
+        let status = assert_error(
+            app.update_student(respelt, &["name"]).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "not an etag this service issued",
+        );
+        assert_eq!(violated_fields(&status), ["student.etag"], "{spelt}");
+    }
     assert_eq!(app.get_student(bob.id).await, bob);
     app.stop().await;
 }
