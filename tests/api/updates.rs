@@ -21,6 +21,7 @@ on_both_backends!(
     update_course_changes_code_title_and_capacity,
     capacity_cannot_drop_below_the_students_enrolled,
     enrollments_do_not_change_a_course_etag,
+    an_update_that_changes_nothing_keeps_the_etag,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -599,5 +600,61 @@ async fn enrollments_do_not_change_a_course_etag(backend: Backend) {
     app.update_course(sent, &["capacity"])
         .await
         .expect("the etag read before the enrollment is current");
+    app.stop().await;
+}
+
+async fn an_update_that_changes_nothing_keeps_the_etag(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    let course = app.create_course("CS-1", "Intro", 10).await;
+
+    // The resource as read, sent back whole: accepted, and nothing moves.
+    let same = app
+        .update_student(ada.clone(), &["*"])
+        .await
+        .expect("UpdateStudent with the values it has");
+    assert_eq!(same, ada);
+    let same = app
+        .update_course(course.clone(), &["*"])
+        .await
+        .expect("UpdateCourse with the values it has");
+    assert_eq!(same, course);
+    let same = app
+        .update_course(course.clone(), &["capacity"])
+        .await
+        .expect("UpdateCourse with the capacity it has");
+    assert_eq!(same.etag, course.etag);
+    assert_eq!(app.get_student(ada.id).await, ada);
+    assert_eq!(app.get_course(course.id).await, course);
+
+    // A real change moves the etag, and the one read before is stale even for a no-op.
+    let renamed = app
+        .update_student(
+            pb::Student {
+                name: "Ada L.".into(),
+                ..ada.clone()
+            },
+            &["name"],
+        )
+        .await
+        .expect("the etag is still current");
+    assert_ne!(renamed.etag, ada.etag);
+    assert_error(
+        app.update_student(ada.clone(), &["*"]).await,
+        Code::FailedPrecondition,
+        "ETAG_MISMATCH",
+        "has changed",
+    );
+    let resized = app
+        .update_course(
+            pb::Course {
+                capacity: 20,
+                ..course.clone()
+            },
+            &["capacity"],
+        )
+        .await
+        .expect("the etag is still current");
+    assert_ne!(resized.etag, course.etag);
     app.stop().await;
 }
