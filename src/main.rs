@@ -2,8 +2,8 @@ use std::{error::Error, net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use student_service::{
-    config::{Cli, Command},
-    relay::NatsSettings,
+    config::{Cli, Command, ServeArgs},
+    relay::{InvalidNatsSetting, NatsSettings},
     security::Security,
     server::{self, ServerSettings},
     store::{self, Store},
@@ -28,10 +28,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
-    // Certificates and tokens first: a bad file fails the start before the database is touched.
-    let security = match cli.command {
-        None => Security::load(&cli.serve.security)?,
-        Some(_) => Security::default(),
+    // Certificates, tokens and the NATS settings first: a bad one fails the start before the
+    // database is touched.
+    let (security, nats) = match cli.command {
+        None => (
+            Security::load(&cli.serve.security)?,
+            nats_settings(&cli.serve)?,
+        ),
+        Some(_) => (Security::default(), None),
     };
     let (url, pool) = (&cli.database_url, &cli.pool_settings());
     let store = match cli.command {
@@ -110,17 +114,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 handshake_timeout: cli.serve.handshake_timeout,
                 watch_heartbeat: cli.serve.watch_heartbeat,
                 events_retention: cli.serve.events_retention,
-                nats: cli.serve.events_nats_url.clone().map(|url| NatsSettings {
-                    url,
-                    stream: cli.serve.events_nats_stream.clone(),
-                    subject_prefix: cli.serve.events_nats_subject_prefix.clone(),
-                }),
+                nats,
                 security,
             };
             server::serve(listener, store, settings, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The relay's settings when `--events-nats-url` is given.
+fn nats_settings(serve: &ServeArgs) -> Result<Option<NatsSettings>, InvalidNatsSetting> {
+    let settings = |url: &String| {
+        NatsSettings::new(
+            url.clone(),
+            serve.events_nats_stream.clone(),
+            serve.events_nats_subject_prefix.clone(),
+        )
+    };
+    serve.events_nats_url.as_ref().map(settings).transpose()
 }
 
 /// Installs the metrics recorder and serves `/metrics` on `address` for as long as the process

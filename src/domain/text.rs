@@ -15,7 +15,12 @@
 //!
 //! Folding is per character, lower case of upper case: that maps `ß` to `ss` and final `ς` to
 //! `σ` as Unicode's full case folding does (str::to_lowercase would keep `ß` and turn a final
-//! `Σ` into `ς`).
+//! `Σ` into `ς`). One pass is not always stable: `ẞ` (U+1E9E) is its own upper case and
+//! lower-cases to `ß`, which the next pass turns into `ss`. A stored form that folds to
+//! something else would let `STRAẞE@X.ORG` and `strasse@x.org` be two addresses, and refuse a
+//! client that sends back what it read, so the fold repeats until nothing changes, and a code is
+//! the upper case of the fold: two codes are one exactly when their folds are, and folding or
+//! coding a stored form gives it back.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -24,15 +29,32 @@ pub(super) fn display(text: &str) -> String {
     text.nfc().collect()
 }
 
-/// Course codes: NFKC, upper case, NFKC again (upper-casing can leave a sequence that
+/// Course codes: the fold upper-cased, NFKC again (upper-casing can leave a sequence that
 /// normalisation composes differently).
 pub(super) fn code(text: &str) -> String {
-    let upper: String = text.nfkc().flat_map(char::to_uppercase).collect();
+    let upper: String = fold(text).chars().flat_map(char::to_uppercase).collect();
     upper.nfkc().collect()
 }
 
-/// E-mail addresses and search: NFKC, case-folded, NFKC again.
+/// The most passes `fold` makes. Every character and every pair of cased, compatibility or
+/// combining characters is stable after one pass, or two when it holds `ẞ` (checked over all
+/// of them); the bound only keeps a future Unicode table from looping.
+const MAX_FOLD_PASSES: usize = 4;
+
+/// E-mail addresses and search: NFKC, case-folded, NFKC again, until that changes nothing.
 pub(super) fn fold(text: &str) -> String {
+    let mut folded = fold_once(text);
+    for _ in 1..MAX_FOLD_PASSES {
+        let again = fold_once(&folded);
+        if again == folded {
+            break;
+        }
+        folded = again;
+    }
+    folded
+}
+
+fn fold_once(text: &str) -> String {
     let folded: String = text
         .nfkc()
         .flat_map(char::to_uppercase)
@@ -92,6 +114,13 @@ mod tests {
         assert_eq!(fold("Straße"), "strasse");
         assert_eq!(fold("ΟΔΟΣ"), fold("οδοσ"));
         assert_eq!(fold("ΟΔΟΣ"), fold("οδος"));
+    }
+
+    #[test]
+    fn capital_sharp_s_is_the_small_one_and_ss() {
+        assert_eq!(fold("STRA\u{1E9E}E@X.ORG"), "strasse@x.org");
+        assert_eq!(code("STRA\u{1E9E}E"), "STRASSE");
+        assert_eq!(code("stra\u{1E9E}e"), code("STRASSE"));
     }
 
     #[test]

@@ -36,8 +36,7 @@ fn expected_revision(
         .strip_prefix('"')
         .and_then(|rest| rest.strip_suffix('"'))
         .and_then(|inner| inner.split_once('.'))
-        .and_then(|(of, revision)| Some((of.parse::<i64>().ok()?, revision.parse::<i64>().ok()?)))
-        .filter(|(of, revision)| *of > 0 && *revision > 0);
+        .and_then(|(of, revision)| Some((issued_number(of)?, issued_number(revision)?)));
     match parsed {
         Some((of, revision)) if of == id => Ok(Some(revision)),
         Some(_) => Ok(Some(0)),
@@ -47,6 +46,14 @@ fn expected_revision(
              such as W/\"12.3\", or leave it empty",
         )),
     }
+}
+
+/// A number as `etag` writes it: decimal digits, no sign, no leading zero, positive and within
+/// i64. `str::parse` alone would also take `+1` and `0001`, spellings that were never issued and
+/// would pass as current.
+fn issued_number(text: &str) -> Option<i64> {
+    let canonical = text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// A delete that may name the etag the client read.
@@ -339,6 +346,11 @@ mod tests {
         assert_eq!(expected_revision("etag", "", 12), Ok(None));
         // Another resource's etag is well formed but never current here.
         assert_eq!(expected_revision("etag", &tag, 13), Ok(Some(0)));
+        let largest = etag(i64::MAX, i64::MAX);
+        assert_eq!(
+            expected_revision("etag", &largest, i64::MAX),
+            Ok(Some(i64::MAX))
+        );
         for forged in [
             "12.3",
             "W/12.3",
@@ -346,6 +358,24 @@ mod tests {
             "W/\"a.b\"",
             "W/\"0.1\"",
             "W/\"1.0\"",
+            // Numbers spelt another way than `etag` writes them.
+            "W/\"+12.+3\"",
+            "W/\"+1.+1\"",
+            "W/\"012.0003\"",
+            "\"+0012.3\"",
+            "W/\"12.03\"",
+            "W/\"12.-3\"",
+            "W/\"-12.3\"",
+            "W/\" 12.3\"",
+            "W/\"12.3 \"",
+            "W/\"12.\"",
+            "W/\".3\"",
+            "W/\"12.3.4\"",
+            "W/\"１２.３\"",
+            "w/\"12.3\"",
+            "W/\"12.3\" ",
+            "W/\"12.9223372036854775808\"",
+            "W/\"9223372036854775808.3\"",
         ] {
             assert!(
                 expected_revision("etag", forged, 12).is_err(),

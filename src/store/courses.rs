@@ -24,10 +24,12 @@ const SEARCH_PAGE: &str = "SELECT id, code, title, capacity, enrolled, create_ti
 // Runs only while the revision is the one the client's etag names, if it names one, and the
 // new capacity holds the students enrolled. PostgreSQL re-checks both on the latest row
 // version once it holds the row lock, the lock the seat trigger's UPDATE also takes, so no
-// enrollment on any replica can slip in between the check and the change.
+// enrollment on any replica can slip in between the check and the change. The revision moves
+// only when a value the API shows does (as in students.rs; `title_folded` follows `title`).
 const UPDATE: &str = "UPDATE courses SET code = COALESCE($2, code), title = COALESCE($3, title), \
     title_folded = COALESCE($4, title_folded), capacity = COALESCE($5, capacity), \
-    revision = revision + 1 \
+    revision = CASE WHEN COALESCE($2, code) <> code OR COALESCE($3, title) <> title \
+        OR COALESCE($5, capacity) <> capacity THEN revision + 1 ELSE revision END \
     WHERE id = $1 AND ($6 IS NULL OR revision = $6) AND ($5 IS NULL OR $5 = 0 OR enrolled <= $5) \
     RETURNING id, code, title, capacity, enrolled, create_time, revision";
 const REVISION_AND_ENROLLED: &str = "SELECT revision, enrolled FROM courses WHERE id = $1";

@@ -9,9 +9,14 @@ const INSERT: &str = "INSERT INTO students (name, email, create_time) VALUES ($1
 const SELECT: &str = "SELECT id, name, email, create_time, revision FROM students WHERE id = $1";
 const SELECT_PAGE: &str = "SELECT id, name, email, create_time, revision FROM students \
                            WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)";
-// Both run only while the revision is the one the client's etag names, if it names one.
+// Both run only while the revision is the one the client's etag names, if it names one. The
+// revision moves only when a value does, so a resource sent back as read keeps its etag; the
+// row is still taken and returned by the one statement, so a stale etag is refused as before.
+// (The columns are NOT NULL, so `<>` is exact: it compares bytes on both backends.)
 const UPDATE: &str = "UPDATE students \
-    SET name = COALESCE($2, name), email = COALESCE($3, email), revision = revision + 1 \
+    SET name = COALESCE($2, name), email = COALESCE($3, email), \
+    revision = CASE WHEN COALESCE($2, name) <> name OR COALESCE($3, email) <> email \
+        THEN revision + 1 ELSE revision END \
     WHERE id = $1 AND ($4 IS NULL OR revision = $4) \
     RETURNING id, name, email, create_time, revision";
 const DELETE: &str = "DELETE FROM students WHERE id = $1 AND ($2 IS NULL OR revision = $2)";

@@ -125,6 +125,29 @@ async fn migrate_and_verify_refuse_a_sqlite_file_that_does_not_exist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_name_jetstream_would_reject_refuses_the_start_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("school.db");
+    let url = format!("sqlite:{}?mode=rwc", path.display());
+
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("EVENTS_NATS_URL", "nats://127.0.0.1:4222"),
+        ("EVENTS_NATS_STREAM", "SCHOOL.EVENTS"),
+    ];
+    let (started, output) = run(&[], &env).await;
+
+    assert!(!started, "the server started: {output}");
+    assert!(
+        output.contains("--events-nats-stream (EVENTS_NATS_STREAM) \"SCHOOL.EVENTS\" contains '.'"),
+        "{output}"
+    );
+    assert!(!output.contains("listening"), "{output}");
+    assert!(!path.exists(), "the database was created before the check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_in_memory_is_one_database_for_the_whole_server() {
     let server = ServerProcess::start("sqlite::memory:", &[]).await;
     let (mut students, mut courses) = server.clients().await;

@@ -21,6 +21,7 @@ on_both_backends!(
     update_course_changes_code_title_and_capacity,
     capacity_cannot_drop_below_the_students_enrolled,
     enrollments_do_not_change_a_course_etag,
+    an_update_that_changes_nothing_keeps_the_etag,
 );
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
@@ -30,7 +31,7 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 }
 
 impl TestApp {
-    async fn update_student(
+    pub(crate) async fn update_student(
         &self,
         student: pb::Student,
         paths: &[&str],
@@ -43,7 +44,7 @@ impl TestApp {
         answer.map(tonic::Response::into_inner)
     }
 
-    async fn update_course(
+    pub(crate) async fn update_course(
         &self,
         course: pb::Course,
         paths: &[&str],
@@ -323,6 +324,26 @@ async fn a_stale_etag_is_refused_and_nothing_changes(backend: Backend) {
         "student.etag",
     );
     assert_eq!(violated_fields(&status), ["student.etag"]);
+    // Bob's own etag with its numbers spelt another way was never issued either.
+    let id = bob.id;
+    for spelt in [
+        format!("W/\"+{id}.+1\""),
+        format!("W/\"0{id}.0001\""),
+        format!("\"+000{id}.1\""),
+    ] {
+        let respelt = pb::Student {
+            name: "Bobby".into(),
+            etag: spelt.clone(),
+            ..bob.clone()
+        };
+        let status = assert_error(
+            app.update_student(respelt, &["name"]).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "not an etag this service issued",
+        );
+        assert_eq!(violated_fields(&status), ["student.etag"], "{spelt}");
+    }
     assert_eq!(app.get_student(bob.id).await, bob);
     app.stop().await;
 }
@@ -579,5 +600,61 @@ async fn enrollments_do_not_change_a_course_etag(backend: Backend) {
     app.update_course(sent, &["capacity"])
         .await
         .expect("the etag read before the enrollment is current");
+    app.stop().await;
+}
+
+async fn an_update_that_changes_nothing_keeps_the_etag(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ada = app.create_student("Ada", "ada@example.com").await;
+    let course = app.create_course("CS-1", "Intro", 10).await;
+
+    // The resource as read, sent back whole: accepted, and nothing moves.
+    let same = app
+        .update_student(ada.clone(), &["*"])
+        .await
+        .expect("UpdateStudent with the values it has");
+    assert_eq!(same, ada);
+    let same = app
+        .update_course(course.clone(), &["*"])
+        .await
+        .expect("UpdateCourse with the values it has");
+    assert_eq!(same, course);
+    let same = app
+        .update_course(course.clone(), &["capacity"])
+        .await
+        .expect("UpdateCourse with the capacity it has");
+    assert_eq!(same.etag, course.etag);
+    assert_eq!(app.get_student(ada.id).await, ada);
+    assert_eq!(app.get_course(course.id).await, course);
+
+    // A real change moves the etag, and the one read before is stale even for a no-op.
+    let renamed = app
+        .update_student(
+            pb::Student {
+                name: "Ada L.".into(),
+                ..ada.clone()
+            },
+            &["name"],
+        )
+        .await
+        .expect("the etag is still current");
+    assert_ne!(renamed.etag, ada.etag);
+    assert_error(
+        app.update_student(ada.clone(), &["*"]).await,
+        Code::FailedPrecondition,
+        "ETAG_MISMATCH",
+        "has changed",
+    );
+    let resized = app
+        .update_course(
+            pb::Course {
+                capacity: 20,
+                ..course.clone()
+            },
+            &["capacity"],
+        )
+        .await
+        .expect("the etag is still current");
+    assert_ne!(resized.etag, course.etag);
     app.stop().await;
 }
