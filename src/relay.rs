@@ -296,33 +296,51 @@ async fn connect(settings: &NatsSettings) -> Result<jetstream::Context, async_na
     Ok(context)
 }
 
-/// Publishes the events in order and waits for every acknowledgement. Returns the last
-/// sequence, or the last sequence acknowledged in order (if any) with the error.
+/// Publishes the events in order and waits for every acknowledgement, all within
+/// [`BROKER_TIMEOUT`] for the whole batch. Returns the last sequence, or the last sequence
+/// acknowledged in order (if any) with the error.
+///
+/// The bound is on the batch, not on each acknowledgement: a broker that vanishes without
+/// closing the connection answers none of them, and waiting for each in turn held the relay
+/// for minutes (76 s with 15 in flight, measured; 21 minutes for a full batch), with no warning
+/// and a lag gauge frozen at the start of the round.
 async fn publish(
     broker: &jetstream::Context,
     prefix: &str,
     events: Vec<Event>,
 ) -> Result<i64, (Option<i64>, async_nats::Error)> {
+    let deadline = tokio::time::Instant::now() + BROKER_TIMEOUT;
+    let too_late = || -> async_nats::Error {
+        format!("no acknowledgement within {BROKER_TIMEOUT:?} for the batch").into()
+    };
     let mut pending: Vec<(i64, PublishAckFuture)> = Vec::with_capacity(events.len());
     let mut acknowledged = None;
     let mut failure = None;
     for event in events {
         let sequence = event.sequence;
         let (subject, message) = cloud_event(prefix, event);
-        match broker.send_publish(subject, message).await {
-            Ok(ack) => pending.push((sequence, ack)),
-            Err(err) => {
+        match tokio::time::timeout_at(deadline, broker.send_publish(subject, message)).await {
+            Ok(Ok(ack)) => pending.push((sequence, ack)),
+            Ok(Err(err)) => {
                 failure = Some(err.into());
+                break;
+            }
+            Err(_) => {
+                failure = Some(too_late());
                 break;
             }
         }
     }
     for (sequence, ack) in pending {
-        match ack.await {
-            Ok(_) if failure.is_none() => acknowledged = Some(sequence),
-            Ok(_) => {}
-            Err(err) => {
+        match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(_)) if failure.is_none() => acknowledged = Some(sequence),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
                 failure.get_or_insert(err.into());
+            }
+            Err(_) => {
+                failure.get_or_insert_with(too_late);
+                break;
             }
         }
     }

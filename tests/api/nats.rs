@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     helpers::{Backend, TestApp, TestDatabase, on_both_backends, read_with},
+    metrics::{scrape, value},
     process::{ServerProcess, free_address},
 };
 
@@ -309,6 +310,24 @@ impl PrivateNats {
         format!("nats://{}", self.address)
     }
 
+    /// SIGSTOP: the server keeps its connections open and answers nothing.
+    fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("nats-server runs");
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} failed");
+    }
+
     async fn stop(mut self) -> (SocketAddr, tempfile::TempDir) {
         self.child.kill().await.expect("stop nats-server");
         (self.address, self.directory)
@@ -359,5 +378,99 @@ async fn a_broker_outage_fails_no_call_and_loses_no_event() {
         "a call waited for the broker: {slowest:?}"
     );
     app.stop().await;
+    drop(broker);
+}
+
+/// The broker stops answering without closing its connection (SIGSTOP: a hung process, a
+/// partition) while a batch of 100 events is in flight: the relay gives up on the batch within
+/// its timeout instead of waiting for each acknowledgement in turn (5 s each: 8 minutes for
+/// these 100), and its lag gauge then counts every event waiting, later ones included. Once the
+/// broker answers again, every event arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_nats_server),
+    ignore = "needs nats-server (Debian package nats-server) on PATH when the tests are built"
+)]
+async fn a_broker_that_stops_answering_holds_the_relay_seconds_not_minutes() {
+    const COURSES: usize = 100;
+    const LATER: usize = 20;
+    let broker = PrivateNats::start().await;
+    let nats = unique(&broker.url());
+    let metrics = free_address();
+    let env = [
+        ("EVENTS_NATS_URL", nats.url.as_str()),
+        ("EVENTS_NATS_STREAM", nats.stream.as_str()),
+        ("EVENTS_NATS_SUBJECT_PREFIX", nats.subject_prefix.as_str()),
+        ("METRICS_LISTEN", &metrics.to_string()),
+    ];
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let server = ServerProcess::start(&database.url, &env).await;
+    let (mut students, mut courses) = server.clients().await;
+    let mut course_ids = Vec::new();
+    for n in 0..COURSES {
+        let course = pb::CreateCourseRequest {
+            code: format!("HUNG-{n}"),
+            title: "Hung broker".into(),
+            capacity: 0,
+        };
+        let created = courses.create_course(course).await.expect("CreateCourse");
+        course_ids.push(created.into_inner().id);
+    }
+    let mut new_student = async |n: usize| {
+        let student = pb::CreateStudentRequest {
+            name: format!("Student {n}"),
+            email: format!("student{n}@example.com"),
+        };
+        let created = students.clone().create_student(student).await;
+        created.expect("CreateStudent").into_inner().id
+    };
+    let first = new_student(0).await;
+    let mut later = Vec::new();
+    for n in 1..=LATER {
+        later.push(new_student(n).await);
+    }
+
+    broker.pause();
+    let batch = pb::BatchAssignCoursesRequest {
+        student_id: first,
+        course_ids: course_ids.clone(),
+    };
+    students
+        .batch_assign_courses(batch)
+        .await
+        .expect("no call waits for the broker");
+    // The relay is now waiting on the 100; these come after its round began.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for &student_id in &later {
+        let assign = pb::AssignCourseRequest {
+            student_id,
+            course_id: course_ids[0],
+        };
+        students.assign_course(assign).await.expect("AssignCourse");
+    }
+    let waiting = (COURSES + LATER) as f64;
+    let started = Instant::now();
+    let lag = loop {
+        let lag = value(
+            &scrape(metrics).await,
+            "student_service_events_relay_lag",
+            &[],
+        );
+        if lag >= waiting || started.elapsed() > Duration::from_secs(20) {
+            break lag;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "broker paused with 100 events in flight: lag gauge {lag} after {:?} ({waiting} waiting)",
+        started.elapsed()
+    );
+    assert_eq!(lag, waiting, "the relay is still waiting on the batch");
+
+    broker.resume();
+    let sequences = sequences_of(&stored(&nats, waiting as u64).await);
+    assert_eq!(sequences, (1..=waiting as i64).collect::<Vec<_>>());
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
     drop(broker);
 }
