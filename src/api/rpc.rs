@@ -8,8 +8,10 @@ use tonic::Code;
 
 use crate::telemetry::metrics::enabled as metrics_on;
 
-/// One RPC the server serves, or `unknown` for any other path: label values come from this
-/// table, never from the request, so a client cannot mint new series.
+/// One RPC the server serves, or `unknown` / `unknown` for any other path: label values come
+/// from this table, never from the request, so a client cannot mint new series. A wrong method
+/// of a real service is `unknown` too, not a method of that service: it is the client's
+/// mistake, and under the service's name it would count among that service's errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Rpc {
     pub(super) service: &'static str,
@@ -72,13 +74,12 @@ const RPCS: &[(&str, &[(&str, &str)])] = &[
 
 const UNKNOWN: &str = "unknown";
 
-/// One slot per RPC of the table, one per service for its unknown methods, and one for
-/// unknown services.
+/// One slot per RPC of the table, and slot 0 for every path the server does not serve.
 const SLOTS: usize = {
     let mut slots = 1;
     let mut service = 0;
     while service < RPCS.len() {
-        slots += RPCS[service].1.len() + 1;
+        slots += RPCS[service].1.len();
         service += 1;
     }
     slots
@@ -121,17 +122,18 @@ impl Rpc {
         let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let mut first = 1;
         for (name, methods) in RPCS {
-            if *name == service {
-                let known = methods.iter().position(|(name, _)| *name == method);
-                let (method, kind) = known.map_or((UNKNOWN, UNARY), |i| methods[i]);
+            if *name == service
+                && let Some(known) = methods.iter().position(|(name, _)| *name == method)
+            {
+                let (method, kind) = methods[known];
                 return Rpc {
                     service: name,
                     method,
                     kind,
-                    slot: first + known.unwrap_or(methods.len()),
+                    slot: first + known,
                 };
             }
-            first += methods.len() + 1;
+            first += methods.len();
         }
         Rpc {
             service: UNKNOWN,
@@ -139,6 +141,12 @@ impl Rpc {
             kind: UNARY,
             slot: 0,
         }
+    }
+
+    /// Whether the server serves this RPC: a call of any other path is the client's mistake,
+    /// whatever its code (the trace's status, the alert rules).
+    pub(super) fn served(self) -> bool {
+        self.slot != 0
     }
 
     pub(super) fn started(self) {
@@ -297,10 +305,8 @@ mod tests {
             "server_stream"
         );
         let made_up = Rpc::of_path("/school.v1.StudentService/ada@example.com");
-        assert_eq!(
-            (made_up.service, made_up.method),
-            ("school.v1.StudentService", "unknown")
-        );
+        assert_eq!((made_up.service, made_up.method), ("unknown", "unknown"));
+        assert!(!made_up.served());
         let made_up = Rpc::of_path("/evil.Service/Method");
         assert_eq!((made_up.service, made_up.method), ("unknown", "unknown"));
     }
@@ -309,7 +315,7 @@ mod tests {
     fn every_label_set_has_a_slot_of_its_own() {
         let mut paths = vec!["/evil.Service/Method".to_owned()];
         for (service, methods) in RPCS {
-            paths.push(format!("/{service}/NoSuchMethod"));
+            assert_eq!(Rpc::of_path(&format!("/{service}/NoSuchMethod")).slot, 0);
             paths.extend(
                 methods
                     .iter()

@@ -15,7 +15,7 @@ use tonic::{Code, Request};
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
     process::{ServerProcess, free_address},
-    reliability::raw::{RawClient, Unfinished, frame},
+    reliability::raw::{RawClient, Unfinished, frame, message},
 };
 
 on_both_backends!(every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data);
@@ -74,6 +74,58 @@ async fn a_call_whose_client_closes_the_connection_mid_request_counts_as_cancele
     );
     let unknown = value(&handled, "grpc_server_handled_total", &with_code("Unknown"));
     assert_eq!((canceled, unknown), (1.0, 0.0));
+    server.kill().await;
+}
+
+/// A path the server does not serve, whether a wrong method of one of its services or a service
+/// it does not have, is the client's mistake (UNIMPLEMENTED) and is counted as `unknown` /
+/// `unknown`, as docs/observability.md says: under a real service it would read as a failing
+/// method of that service.
+#[tokio::test]
+async fn paths_the_server_does_not_serve_are_counted_as_unknown_unknown() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("school.db").display());
+    let metrics_address = free_address();
+    let metrics = metrics_address.to_string();
+    let server = ServerProcess::start(&url, &[("METRICS_LISTEN", &metrics)]).await;
+    let raw = RawClient::connect(server.address).await;
+    let paths = [
+        "/school.v1.StudentService/NoSuchMethod",
+        "/school.v1.EnrollmentEventService/NoSuchMethod",
+        "/grpc.health.v1.Health/NoSuchMethod",
+        "/no.such.Service/Method",
+    ];
+    for path in paths {
+        let reply = raw.call(path, &[], message(&[])).await.expect("an answer");
+        assert_eq!(reply.status, Some(Code::Unimplemented as i32), "{path}");
+    }
+
+    let scrape = scrape(metrics_address).await;
+    let unknown = [
+        ("grpc_type", "unary"),
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+    ];
+    assert_eq!(value(&scrape, "grpc_server_started_total", &unknown), 4.0);
+    let unimplemented = [
+        unknown[0],
+        unknown[1],
+        unknown[2],
+        ("grpc_code", "Unimplemented"),
+    ];
+    assert_eq!(
+        value(&scrape, "grpc_server_handled_total", &unimplemented),
+        4.0
+    );
+    for sample in &scrape.samples {
+        if sample.labels.get("grpc_method") == Some("unknown") {
+            assert_eq!(
+                sample.labels.get("grpc_service"),
+                Some("unknown"),
+                "{sample:?}"
+            );
+        }
+    }
     server.kill().await;
 }
 

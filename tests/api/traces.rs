@@ -27,6 +27,7 @@ use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
     metrics::{scrape, value},
     process::{ServerProcess, create_ada, free_address},
+    reliability::raw::{RawClient, message},
 };
 
 on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_database_spans);
@@ -509,6 +510,45 @@ async fn a_call_its_client_abandons_mid_handler_is_canceled_in_metrics_and_trace
         attribute(server_span, "rpc.grpc.status_code"),
         Some(Value::IntValue(Code::Cancelled as i64))
     );
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+/// A method the server does not have is the caller's mistake (UNIMPLEMENTED): its span is
+/// `unknown/unknown`, the code is recorded, and the status is not Error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_a_method_the_server_does_not_have_is_no_server_error() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let collector = Collector::default();
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let raw = RawClient::connect(server.address).await;
+    let reply = raw
+        .call("/school.v1.StudentService/NoSuchMethod", &[], message(&[]))
+        .await
+        .expect("an answer");
+    assert_eq!(reply.status, Some(Code::Unimplemented as i32));
+
+    let spans = collector
+        .wait_for(|spans| spans.iter().any(|s| s.name == "unknown/unknown"))
+        .await;
+    let span = spans
+        .iter()
+        .find(|s| s.name == "unknown/unknown")
+        .expect("span");
+    assert_eq!(
+        attribute(span, "rpc.grpc.status_code"),
+        Some(Value::IntValue(Code::Unimplemented as i64))
+    );
+    assert_eq!(span.status, None, "{span:?}");
     server.terminate();
     assert!(server.wait(Duration::from_secs(15)).await.success());
 }

@@ -170,10 +170,12 @@ pub(crate) fn exported() -> bool {
 }
 
 /// The SERVER span of a call of `service/method`, a child of the caller's span when there is
-/// one; `None` when traces are not exported.
+/// one; `None` when traces are not exported. `served` is false for a path the server does not
+/// serve (`unknown/unknown`).
 pub(crate) fn server_span(
     service: &'static str,
     method: &'static str,
+    served: bool,
     parent: Option<RemoteParent>,
 ) -> Option<ServerSpan> {
     let traces = TRACES.get()?;
@@ -192,6 +194,7 @@ pub(crate) fn server_span(
         parent,
         service,
         method,
+        served,
         start_unix_nanos: unix_nanos(),
     })
 }
@@ -203,6 +206,7 @@ pub(crate) struct ServerSpan {
     parent: Option<RemoteParent>,
     service: &'static str,
     method: &'static str,
+    served: bool,
     start_unix_nanos: u64,
 }
 
@@ -236,6 +240,7 @@ impl ServerSpan {
             kind: Kind::Call {
                 service: self.service,
                 method: self.method,
+                served: self.served,
                 code,
             },
         });

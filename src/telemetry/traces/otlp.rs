@@ -39,6 +39,8 @@ pub(super) enum Kind {
     Call {
         service: &'static str,
         method: &'static str,
+        /// False for a path the server does not serve (`unknown/unknown`).
+        served: bool,
         code: Code,
     },
     /// Database work for a call: CLIENT, with `db.system` and `db.operation.name`.
@@ -165,6 +167,7 @@ fn write_span(out: &mut Vec<u8>, span: &SpanRecord) {
         Kind::Call {
             service,
             method,
+            served,
             code,
         } => {
             header(out, SPAN_NAME, service.len() + 1 + method.len());
@@ -182,7 +185,9 @@ fn write_span(out: &mut Vec<u8>, span: &SpanRecord) {
                 "rpc.grpc.status_code",
                 Value::Int(code as i64),
             );
-            if is_server_error(code) {
+            // A method the server does not have is the client's mistake, though the
+            // conventions count its UNIMPLEMENTED as a server error.
+            if served && is_server_error(code) {
                 let message = code.description();
                 let status = delimited_len(STATUS_MESSAGE, message.len()) + 2;
                 header(out, SPAN_STATUS, status);
@@ -306,6 +311,7 @@ mod tests {
             kind: Kind::Call {
                 service: "school.v1.StudentService",
                 method: "AssignCourse",
+                served: true,
                 code,
             },
         }
@@ -434,6 +440,21 @@ mod tests {
                 Some(any_value::Value::IntValue(code as i64))
             );
         }
+        // A path the server does not serve: UNIMPLEMENTED is the client's mistake there.
+        let unserved = SpanRecord {
+            kind: Kind::Call {
+                service: "unknown",
+                method: "unknown",
+                served: false,
+                code: Code::Unimplemented,
+            },
+            ..call(Code::Ok, None, None)
+        };
+        let request = decoded(&mut encoder, &[unserved]);
+        assert_eq!(
+            request.resource_spans[0].scope_spans[0].spans[0].status,
+            None
+        );
         // The encoder's buffers are reused: a second request holds only its own spans.
         let again = decoded(&mut encoder, &spans_of(1));
         assert_eq!(again.resource_spans[0].scope_spans[0].spans.len(), 1);
