@@ -151,9 +151,7 @@ impl Rpc {
 
     pub(super) fn started(self) {
         if metrics_on() {
-            let handles = self.handles();
-            let started = || counter!("grpc_server_started_total", &self.labels()[..]);
-            handles.started.get_or_init(started).increment(1);
+            self.started_counter().increment(1);
         }
     }
 
@@ -161,19 +159,39 @@ impl Rpc {
         if !metrics_on() {
             return;
         }
-        let handles = self.handles();
-        let handled = || {
+        self.handled_counter(code).increment(1);
+        self.handling_histogram().record(elapsed.as_secs_f64());
+    }
+
+    fn started_counter(self) -> &'static Counter {
+        self.handles()
+            .started
+            .get_or_init(|| counter!("grpc_server_started_total", &self.labels()[..]))
+    }
+
+    fn handled_counter(self, code: Code) -> &'static Counter {
+        let slot = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
+        self.handles().handled[slot].get_or_init(|| {
             let mut labels = self.labels().to_vec();
             labels.push(("grpc_code", code_name(code)));
             counter!("grpc_server_handled_total", &labels[..])
-        };
-        let slot = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
-        handles.handled[slot].get_or_init(handled).increment(1);
-        let handling = || histogram!("grpc_server_handling_seconds", &self.labels()[..]);
-        handles
+        })
+    }
+
+    fn handling_histogram(self) -> &'static Histogram {
+        self.handles()
             .handling
-            .get_or_init(handling)
-            .record(elapsed.as_secs_f64());
+            .get_or_init(|| histogram!("grpc_server_handling_seconds", &self.labels()[..]))
+    }
+
+    fn messages_counter(self, sent: bool) -> &'static Counter {
+        let handles = self.handles();
+        let (handle, name) = if sent {
+            (&handles.sent, "grpc_server_msg_sent_total")
+        } else {
+            (&handles.received, "grpc_server_msg_received_total")
+        };
+        handle.get_or_init(|| counter!(name, &self.labels()[..]))
     }
 
     fn handles(self) -> &'static Handles {
@@ -186,6 +204,31 @@ impl Rpc {
             ("grpc_service", self.service),
             ("grpc_method", self.method),
         ]
+    }
+}
+
+/// Puts every RPC's series in the registry at 0 (its counters, each code of the handled one,
+/// its latency histogram), as go-grpc-middleware's `InitializeMetrics` does: a series that
+/// first appears at 1 loses that call to `rate()` and `increase()`, and the first server error
+/// of a method would go unseen. Paths the server does not serve included (`unknown`). A no-op
+/// before the recorder is installed.
+pub(crate) fn register_every_rpc() {
+    if !metrics_on() {
+        return;
+    }
+    let served = RPCS.iter().flat_map(|(service, methods)| {
+        methods
+            .iter()
+            .map(move |(method, _)| Rpc::of_path(&format!("/{service}/{method}")))
+    });
+    for rpc in std::iter::once(Rpc::of_path("")).chain(served) {
+        rpc.started_counter();
+        rpc.messages_counter(false);
+        rpc.messages_counter(true);
+        rpc.handling_histogram();
+        for code in 0..CODES {
+            rpc.handled_counter(Code::from_i32(code as i32));
+        }
     }
 }
 
@@ -272,14 +315,7 @@ impl Messages {
             }
         }
         if complete > 0 && metrics_on() {
-            let handles = self.rpc.handles();
-            let (handle, name) = if self.sent {
-                (&handles.sent, "grpc_server_msg_sent_total")
-            } else {
-                (&handles.received, "grpc_server_msg_received_total")
-            };
-            let counter = || counter!(name, &self.rpc.labels()[..]);
-            handle.get_or_init(counter).increment(complete);
+            self.rpc.messages_counter(self.sent).increment(complete);
         }
     }
 

@@ -129,6 +129,172 @@ async fn paths_the_server_does_not_serve_are_counted_as_unknown_unknown() {
     server.kill().await;
 }
 
+/// Every counter of docs/observability.md's metrics table is in the first scrape, at 0, with
+/// each label value the table names (and every gRPC method of ours with every code): a counter
+/// that appears only at its first increment loses that increment to `rate()` and `increase()`.
+/// The table is read from the docs, so a counter documented later is held to this too.
+#[tokio::test]
+async fn every_documented_counter_is_scraped_at_zero_from_the_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("school.db").display());
+    let metrics_address = free_address();
+    let metrics = metrics_address.to_string();
+    let server = ServerProcess::start(&url, &[("METRICS_LISTEN", &metrics)]).await;
+    let scrape = scrape(metrics_address).await;
+
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/observability.md"
+    ))
+    .expect("read docs/observability.md");
+    let counters = documented_counters(&docs);
+    assert!(
+        counters.len() >= 8,
+        "counters found in the docs: {counters:?}"
+    );
+    for (name, label_values) in &counters {
+        // CPU time is counted by the kernel, not by us; the start-up health checks are calls.
+        if name == "process_cpu_seconds_total" {
+            continue;
+        }
+        let samples: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == *name)
+            .collect();
+        assert!(!samples.is_empty(), "{name} is not in the first scrape");
+        assert!(
+            scrape.docs.contains_key(name.as_str()),
+            "no HELP for {name}"
+        );
+        for sample in &samples {
+            if sample.labels.get("grpc_service") == Some("grpc.health.v1.Health") {
+                continue;
+            }
+            assert_eq!(sample.value, Value::Counter(0.0), "{name} {sample:?}");
+        }
+        for (label, value) in label_values {
+            assert!(
+                samples.iter().any(|s| s.labels.get(label) == Some(value)),
+                "{name}{{{label}={value:?}}} is not in the first scrape"
+            );
+        }
+    }
+
+    // The gRPC counters: every method of our protos, with every code for the handled ones.
+    let methods = school_methods();
+    assert!(methods.len() >= 17, "{methods:?}");
+    let codes = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| s.value.clone())
+    };
+    for (service, method) in &methods {
+        let rpc = [
+            ("grpc_service", service.as_str()),
+            ("grpc_method", method.as_str()),
+        ];
+        for name in [
+            "grpc_server_started_total",
+            "grpc_server_msg_received_total",
+            "grpc_server_msg_sent_total",
+        ] {
+            assert_eq!(
+                sample(name, &rpc),
+                Some(Value::Counter(0.0)),
+                "{name} {rpc:?}"
+            );
+        }
+        for code in codes {
+            let labels = [rpc[0], rpc[1], ("grpc_code", code)];
+            assert_eq!(
+                sample("grpc_server_handled_total", &labels),
+                Some(Value::Counter(0.0)),
+                "{labels:?}"
+            );
+        }
+    }
+    server.kill().await;
+}
+
+/// (name, the label values the table names) of every counter row of the docs' metrics table,
+/// where a labels cell such as "`reason` (`in_use`, `busy`)" names values.
+fn documented_counters(docs: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut counters = Vec::new();
+    for line in docs.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| name | type | labels | what |" splits into 6 cells, the outer two empty.
+        if cells.len() < 6 || cells[2] != "counter" {
+            continue;
+        }
+        let mut label_values = Vec::new();
+        for labelled in cells[3].split(')') {
+            if let Some((label, values)) = labelled.split_once('(')
+                && let Some(label) = ticked(label).pop()
+            {
+                for value in ticked(values) {
+                    label_values.push((label.clone(), value));
+                }
+            }
+        }
+        for name in ticked(cells[1]) {
+            counters.push((name, label_values.clone()));
+        }
+    }
+    counters
+}
+
+/// (service, method) of every RPC of our protos.
+fn school_methods() -> Vec<(String, String)> {
+    use prost::Message as _;
+    let descriptors = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("our descriptors decode");
+    let mut methods = Vec::new();
+    for file in descriptors
+        .file
+        .iter()
+        .filter(|f| f.package() == "school.v1")
+    {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push((
+                    format!("school.v1.{}", service.name()),
+                    method.name().to_owned(),
+                ));
+            }
+        }
+    }
+    methods
+}
+
 const TOKEN: &str = "metrics-test-token-0123456789";
 
 /// `GET path` over HTTP/1.1: (status line, body).
