@@ -24,9 +24,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, transport::Channel};
 
 use crate::{
+    helpers::with_host,
     helpers::{Backend, TestDatabase, on_both_backends},
+    lifecycle::postgres_address,
     metrics::{scrape, value},
     process::{ServerProcess, create_ada, free_address},
+    proxy::Proxy,
     reliability::raw::{RawClient, message},
 };
 
@@ -549,6 +552,65 @@ async fn a_call_of_a_method_the_server_does_not_have_is_no_server_error() {
         Some(Value::IntValue(Code::Unimplemented as i64))
     );
     assert_eq!(span.status, None, "{span:?}");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+/// A call that fails because PostgreSQL is gone (a proxy in between is cut) still has its
+/// database span, with status Error: whether the statement broke on a connection the database
+/// dropped, or no connection could be had at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_fails_because_the_database_is_gone_has_a_database_span_with_error_status() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let database = TestDatabase::create(&backend).await;
+    let proxy = Proxy::start(postgres_address(&database.url).await).await;
+    let url = with_host(&database.url, &proxy.address.to_string());
+    let collector = Collector::default();
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let server = ServerProcess::start(
+        &url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let (mut students, _) = server.clients().await;
+    let ada = create_ada(&mut students).await;
+
+    proxy.cut().await;
+    for _ in 0..3 {
+        let failed = students
+            .get_student(pb::GetStudentRequest { student_id: ada.id })
+            .await;
+        assert_eq!(failed.expect_err("no database").code(), Code::Unavailable);
+    }
+    let name = "school.v1.StudentService/GetStudent";
+    let spans = collector
+        .wait_for(|spans| spans.iter().filter(|s| s.name == name).count() == 3)
+        .await;
+    for server_span in spans.iter().filter(|s| s.name == name) {
+        let children: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == server_span.span_id)
+            .collect();
+        let failed = children.iter().find(|child| {
+            child.kind == SpanKind::Client as i32
+                && attribute(child, "db.system") == text("postgresql")
+                && child
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.code == StatusCode::Error as i32)
+        });
+        assert!(
+            failed.is_some(),
+            "no database span with status Error under {server_span:?}: {children:?}"
+        );
+    }
+    proxy.restore();
     server.terminate();
     assert!(server.wait(Duration::from_secs(15)).await.success());
 }

@@ -256,6 +256,29 @@ pub(crate) fn client_span(
     system: &'static str,
     operation: &'static str,
 ) -> Option<ClientSpan> {
+    database_span(name, system, Some(operation), None)
+}
+
+/// A CLIENT span for a connection of `pool` that the current call could not have (the
+/// database unreachable, the pool exhausted), named `acquire connection`, begun at
+/// `start_unix_nanos` (from [`now`]): made only once the wait has failed, so that a
+/// connection had costs no span.
+pub(crate) fn connection_span(
+    system: &'static str,
+    pool: &'static str,
+    start_unix_nanos: u64,
+) -> Option<ClientSpan> {
+    let mut span = database_span("acquire connection", system, None, Some(pool))?;
+    span.start_unix_nanos = start_unix_nanos;
+    Some(span)
+}
+
+fn database_span(
+    name: &'static str,
+    system: &'static str,
+    operation: Option<&'static str>,
+    pool: Option<&'static str>,
+) -> Option<ClientSpan> {
     TRACES.get()?;
     let parent = CURRENT.with(|current| {
         let call = current.take();
@@ -269,6 +292,8 @@ pub(crate) fn client_span(
         name,
         system,
         operation,
+        pool,
+        error: None,
         start_unix_nanos: unix_nanos(),
     })
 }
@@ -279,8 +304,18 @@ pub(crate) struct ClientSpan {
     span_id: SpanId,
     name: &'static str,
     system: &'static str,
-    operation: &'static str,
+    operation: Option<&'static str>,
+    pool: Option<&'static str>,
+    error: Option<&'static str>,
     start_unix_nanos: u64,
+}
+
+impl ClientSpan {
+    /// Marks the work failed: the span's status is Error, described by `description`, a fixed
+    /// text (driver messages can quote the values of a statement).
+    pub(crate) fn fail(&mut self, description: &'static str) {
+        self.error = Some(description);
+    }
 }
 
 impl Drop for ClientSpan {
@@ -300,9 +335,16 @@ impl Drop for ClientSpan {
                 name: self.name,
                 system: self.system,
                 operation: self.operation,
+                pool: self.pool,
+                error: self.error,
             },
         });
     }
+}
+
+/// The time as spans record it, for a span made after the work it covers began.
+pub(crate) fn now() -> u64 {
+    unix_nanos()
 }
 
 fn unix_nanos() -> u64 {

@@ -43,11 +43,15 @@ pub(super) enum Kind {
         served: bool,
         code: Code,
     },
-    /// Database work for a call: CLIENT, with `db.system` and `db.operation.name`.
+    /// Database work for a call: CLIENT, with `db.system` and `db.operation.name` (none for
+    /// a connection that could not be had, which names its pool instead).
     Database {
         name: &'static str,
         system: &'static str,
-        operation: &'static str,
+        operation: Option<&'static str>,
+        pool: Option<&'static str>,
+        /// Set when the work failed: the status is Error, with this description.
+        error: Option<&'static str>,
     },
 }
 
@@ -188,32 +192,51 @@ fn write_span(out: &mut Vec<u8>, span: &SpanRecord) {
             // A method the server does not have is the client's mistake, though the
             // conventions count its UNIMPLEMENTED as a server error.
             if served && is_server_error(code) {
-                let message = code.description();
-                let status = delimited_len(STATUS_MESSAGE, message.len()) + 2;
-                header(out, SPAN_STATUS, status);
-                text(out, STATUS_MESSAGE, message);
-                varint(out, STATUS_CODE, STATUS_ERROR);
+                error_status(out, code.description());
             }
         }
         Kind::Database {
             name,
             system,
             operation,
+            pool,
+            error,
         } => {
             text(out, SPAN_NAME, name);
             varint(out, SPAN_KIND, KIND_CLIENT);
             times(out, span);
             attribute(out, SPAN_ATTRIBUTES, "db.system", Value::Text(system));
-            attribute(
-                out,
-                SPAN_ATTRIBUTES,
-                "db.operation.name",
-                Value::Text(operation),
-            );
+            if let Some(operation) = operation {
+                attribute(
+                    out,
+                    SPAN_ATTRIBUTES,
+                    "db.operation.name",
+                    Value::Text(operation),
+                );
+            }
+            if let Some(pool) = pool {
+                attribute(
+                    out,
+                    SPAN_ATTRIBUTES,
+                    "db.client.connection.pool.name",
+                    Value::Text(pool),
+                );
+            }
+            if let Some(error) = error {
+                error_status(out, error);
+            }
         }
     }
     encode_key(SPAN_FLAGS, WireType::ThirtyTwoBit, out);
     out.put_u32_le(flags);
+}
+
+/// A `Status` of code Error with `message`.
+fn error_status(out: &mut Vec<u8>, message: &str) {
+    let status = delimited_len(STATUS_MESSAGE, message.len()) + 2;
+    header(out, SPAN_STATUS, status);
+    text(out, STATUS_MESSAGE, message);
+    varint(out, STATUS_CODE, STATUS_ERROR);
 }
 
 /// The codes the RPC semantic conventions count as server errors (span status Error); the
@@ -354,7 +377,9 @@ mod tests {
             kind: Kind::Database {
                 name: "assign_course",
                 system: "sqlite",
-                operation: "assign_course",
+                operation: Some("assign_course"),
+                pool: None,
+                error: None,
             },
             ..call(Code::Ok, None, None)
         };
@@ -410,6 +435,7 @@ mod tests {
         assert_eq!(client.parent_span_id, [0x11; 8]);
         assert_eq!(client.flags, 0x101);
         assert_eq!(client.trace_state, "");
+        assert_eq!(client.status, None);
         assert_eq!(
             attributes(client),
             [
@@ -458,6 +484,36 @@ mod tests {
         // The encoder's buffers are reused: a second request holds only its own spans.
         let again = decoded(&mut encoder, &spans_of(1));
         assert_eq!(again.resource_spans[0].scope_spans[0].spans.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_database_span_has_the_error_status_and_names_its_pool_when_it_has_no_operation() {
+        let mut encoder = Encoder::new(&[], "s", "v");
+        let failed = SpanRecord {
+            kind: Kind::Database {
+                name: "acquire connection",
+                system: "postgresql",
+                operation: None,
+                pool: Some("postgres"),
+                error: Some("the database is unavailable"),
+            },
+            ..call(Code::Ok, None, None)
+        };
+        let request = decoded(&mut encoder, &[failed]);
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        let status = span.status.as_ref().expect("an error status");
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert_eq!(status.message, "the database is unavailable");
+        assert_eq!(
+            attributes(span),
+            [
+                ("db.system".to_owned(), text_value("postgresql")),
+                (
+                    "db.client.connection.pool.name".to_owned(),
+                    text_value("postgres")
+                ),
+            ]
+        );
     }
 
     fn spans_of(count: usize) -> Vec<SpanRecord> {
