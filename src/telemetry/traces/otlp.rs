@@ -1,8 +1,9 @@
 //! Finished spans, and their OTLP encoding: an `ExportTraceServiceRequest` of one resource and
-//! one instrumentation scope (opentelemetry/proto/collector/trace/v1, field numbers from the
-//! OTLP `.proto` files), written straight from [`SpanRecord`]s. A span is a few fixed fields and
-//! static strings, so a batch of them becomes bytes without the per-attribute allocations of
-//! building OTLP's message structs first; `tests` decodes it with `opentelemetry-proto`.
+//! one instrumentation scope, both with the `schema_url` of the semantic conventions the spans
+//! follow (opentelemetry/proto/collector/trace/v1, field numbers from the OTLP `.proto` files),
+//! written straight from [`SpanRecord`]s. A span is a few fixed fields and static strings, so a
+//! batch of them becomes bytes without the per-attribute allocations of building OTLP's message
+//! structs first; `tests` decodes it with `opentelemetry-proto`.
 
 use std::sync::Arc;
 
@@ -55,6 +56,9 @@ pub(super) enum Kind {
     },
 }
 
+/// The semantic conventions our spans and resource follow, as `schema_url` names them.
+pub(super) const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
+
 /// An attribute value: the OTLP `AnyValue`s our spans and resources use.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Value<'a> {
@@ -66,9 +70,11 @@ pub(super) enum Value<'a> {
 const REQUEST_RESOURCE_SPANS: u32 = 1;
 const RESOURCE_SPANS_RESOURCE: u32 = 1;
 const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2;
+const RESOURCE_SPANS_SCHEMA_URL: u32 = 3;
 const RESOURCE_ATTRIBUTES: u32 = 1;
 const SCOPE_SPANS_SCOPE: u32 = 1;
 const SCOPE_SPANS_SPANS: u32 = 2;
+const SCOPE_SPANS_SCHEMA_URL: u32 = 3;
 const SCOPE_NAME: u32 = 1;
 const SCOPE_VERSION: u32 = 2;
 const SPAN_TRACE_ID: u32 = 1;
@@ -103,6 +109,8 @@ pub(super) struct Encoder {
     resource: Vec<u8>,
     /// The `scope` field of `ScopeSpans`, written once.
     scope: Vec<u8>,
+    /// A `schema_url` field (the same number in `ResourceSpans` and `ScopeSpans`), written once.
+    schema_url: Vec<u8>,
     spans: Vec<u8>,
     span: Vec<u8>,
 }
@@ -125,9 +133,11 @@ impl Encoder {
         let mut scope = Vec::new();
         text(&mut scope, SCOPE_NAME, scope_name);
         text(&mut scope, SCOPE_VERSION, scope_version);
+        debug_assert_eq!(RESOURCE_SPANS_SCHEMA_URL, SCOPE_SPANS_SCHEMA_URL);
         Self {
             resource: delimited(RESOURCE_SPANS_RESOURCE, &attributes),
             scope: delimited(SCOPE_SPANS_SCOPE, &scope),
+            schema_url: delimited(RESOURCE_SPANS_SCHEMA_URL, SCHEMA_URL.as_bytes()),
             spans: Vec::new(),
             span: Vec::new(),
         }
@@ -141,15 +151,18 @@ impl Encoder {
             write_span(&mut self.span, record);
             bytes(&mut self.spans, SCOPE_SPANS_SPANS, &self.span);
         }
-        let scope_spans = self.scope.len() + self.spans.len();
-        let resource_spans =
-            self.resource.len() + delimited_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        let scope_spans = self.scope.len() + self.spans.len() + self.schema_url.len();
+        let resource_spans = self.resource.len()
+            + delimited_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans)
+            + self.schema_url.len();
         let mut out = Vec::with_capacity(delimited_len(REQUEST_RESOURCE_SPANS, resource_spans));
         header(&mut out, REQUEST_RESOURCE_SPANS, resource_spans);
         out.extend_from_slice(&self.resource);
         header(&mut out, RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
         out.extend_from_slice(&self.scope);
         out.extend_from_slice(&self.spans);
+        out.extend_from_slice(&self.schema_url);
+        out.extend_from_slice(&self.schema_url);
         Bytes::from(out)
     }
 }
@@ -390,6 +403,8 @@ mod tests {
         let [resource_spans] = &request.resource_spans[..] else {
             panic!("one resource: {request:?}")
         };
+        assert_eq!(resource_spans.schema_url, SCHEMA_URL);
+        assert_eq!(resource_spans.scope_spans[0].schema_url, SCHEMA_URL);
         let resource = resource_spans.resource.as_ref().expect("a resource");
         assert_eq!(resource.attributes[0].key, "service.name");
         let [scope_spans] = &resource_spans.scope_spans[..] else {
