@@ -166,7 +166,7 @@ fn describe() {
     );
     describe_counter!(
         "student_service_trace_spans_dropped_total",
-        "Trace spans dropped: their batch could not be delivered to the collector, or they found the export queue full."
+        "Trace spans dropped: their batch could not be delivered to the collector (retries included), or they found the export queue full."
     );
     describe_histogram!(
         "student_service_sqlite_group_commit_batch_size",

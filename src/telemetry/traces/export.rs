@@ -2,8 +2,11 @@
 //! the collector in batches (OTLP/gRPC `TraceService/Export`), when a batch is full or the
 //! schedule delay has passed, as the SDKs' batch span processor does and with the same
 //! `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables. A call only pushes its span onto the
-//! queue; a collector that is down or slow costs it nothing. Spans that find the queue full or
-//! whose batch cannot be delivered are dropped, counted and warned about at most once a minute.
+//! queue; a collector that is down or slow costs it nothing. A failed export is retried with
+//! exponential backoff when the OTLP specification calls its code retryable, within the export
+//! timeout; meanwhile spans keep queueing, up to the queue's size. Spans that find the queue
+//! full or whose batch cannot be delivered are dropped, counted and warned about at most once a
+//! minute.
 
 use std::{
     str::FromStr,
@@ -21,11 +24,19 @@ use tonic::{
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
+use tonic_types::StatusExt as _;
 
 use super::otlp::{Encoder, SpanRecord};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Tries of one batch at most, the first included: a collector still failing after that is not
+/// coming back soon, and the batch's spans are better dropped than holding the queue.
+const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the first retry; it doubles at each retry, up to `MAX_BACKOFF`, within 20%
+/// either way so that replicas that failed together do not retry together.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How the exporter is set up, from the environment (defaults as in the OpenTelemetry
 /// specification).
@@ -294,7 +305,10 @@ async fn run(
             if batch.is_empty() {
                 break;
             }
-            if let Err(error) = client.send(&batch).await {
+            // At shutdown each batch has one try: waiting out backoffs for a collector that is
+            // down would hold the process's exit for the whole drain timeout.
+            let attempts = if stopping { 1 } else { MAX_ATTEMPTS };
+            if let Err(error) = client.export(&batch, attempts).await {
                 queue.losses.dropped(batch.len(), &error);
             }
         }
@@ -313,10 +327,36 @@ struct Client {
 }
 
 impl Client {
-    async fn send(&mut self, spans: &[SpanRecord]) -> Result<(), tonic::Status> {
-        let mut request = tonic::Request::new(Encoded(self.encoder.request(spans)));
+    /// Delivers `spans` in at most `attempts` tries, retrying as the OTLP specification says,
+    /// all within the export timeout; the last error when it gives up.
+    async fn export(&mut self, spans: &[SpanRecord], attempts: u32) -> Result<(), tonic::Status> {
+        let body = self.encoder.request(spans);
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match self.send(body.clone(), left).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let Some(wait) = retry_wait(&error, jittered(backoff)) else {
+                return Err(error);
+            };
+            if attempt >= attempts || Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            attempt += 1;
+        }
+    }
+
+    /// One export request, answered within `timeout`.
+    async fn send(&mut self, body: Bytes, timeout: Duration) -> Result<(), tonic::Status> {
+        let mut request = tonic::Request::new(Encoded(body));
         *request.metadata_mut() = self.headers.clone();
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         let export = async {
             self.grpc
                 .ready()
@@ -327,13 +367,38 @@ impl Client {
                 .unary(request, PathAndQuery::from_static(EXPORT_PATH), codec)
                 .await
         };
-        match tokio::time::timeout(self.timeout, export).await {
+        match tokio::time::timeout(timeout, export).await {
             Ok(response) => response.map(drop),
             Err(_) => Err(tonic::Status::deadline_exceeded(
                 "the collector did not answer in time",
             )),
         }
     }
+}
+
+/// How long to wait before trying a failed export again, `None` when it must not be: the OTLP
+/// specification's retryable codes, RESOURCE_EXHAUSTED only when the collector says when to
+/// come back (a `google.rpc.RetryInfo` detail); that delay is waited at least.
+fn retry_wait(error: &tonic::Status, backoff: Duration) -> Option<Duration> {
+    use tonic::Code;
+    let advised = error
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    match error.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => Some(advised.map_or(backoff, |advised| advised.max(backoff))),
+        Code::ResourceExhausted => advised.map(|advised| advised.max(backoff)),
+        _ => None,
+    }
+}
+
+/// `backoff`, give or take 20%.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// A message already encoded ([`Encoder::request`]), sent as it is.
@@ -394,6 +459,64 @@ impl Losses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_are_retried_on_the_codes_the_otlp_specification_calls_retryable() {
+        use tonic::Code;
+        use tonic_types::{ErrorDetails, StatusExt};
+        let backoff = Duration::from_secs(1);
+        let retryable = [
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unavailable,
+            Code::DataLoss,
+        ];
+        for code in retryable {
+            let error = tonic::Status::new(code, "try again");
+            assert_eq!(retry_wait(&error, backoff), Some(backoff), "{code:?}");
+        }
+        for code in [
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::ResourceExhausted,
+        ] {
+            let error = tonic::Status::new(code, "no");
+            assert_eq!(retry_wait(&error, backoff), None, "{code:?}");
+        }
+        // RetryInfo makes RESOURCE_EXHAUSTED retryable, and its delay is waited at least.
+        let throttled = |code, seconds| {
+            let details = ErrorDetails::with_retry_info(Some(Duration::from_secs(seconds)));
+            tonic::Status::with_error_details(code, "slow down", details)
+        };
+        let exhausted = throttled(Code::ResourceExhausted, 3);
+        assert_eq!(
+            retry_wait(&exhausted, backoff),
+            Some(Duration::from_secs(3))
+        );
+        let unavailable = throttled(Code::Unavailable, 0);
+        assert_eq!(retry_wait(&unavailable, backoff), Some(backoff));
+        let invalid = throttled(Code::InvalidArgument, 3);
+        assert_eq!(retry_wait(&invalid, backoff), None);
+    }
+
+    #[test]
+    fn backoff_is_jittered_within_a_fifth() {
+        for _ in 0..1000 {
+            let wait = jittered(Duration::from_secs(1));
+            assert!(
+                wait >= Duration::from_millis(800) && wait <= Duration::from_millis(1200),
+                "{wait:?}"
+            );
+        }
+    }
 
     #[test]
     fn traces_are_turned_off_as_the_sdks_turn_them_off() {
