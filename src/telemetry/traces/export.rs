@@ -37,6 +37,8 @@ const MAX_ATTEMPTS: u32 = 5;
 /// either way so that replicas that failed together do not retry together.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Room made for spans in the queue at start (the default batch); it grows as spans come.
+const PREALLOCATED: usize = 512;
 
 /// How the exporter is set up, from the environment (defaults as in the OpenTelemetry
 /// specification).
@@ -374,7 +376,9 @@ impl Exporter {
             encoder,
         };
         let queue = Arc::new(Queue {
-            spans: Mutex::new(Vec::with_capacity(settings.batch_size)),
+            // The sizes are limits: a queue allowed a billion spans would otherwise take all
+            // the memory at start, to hold none.
+            spans: Mutex::new(Vec::with_capacity(settings.batch_size.min(PREALLOCATED))),
             capacity: settings.queue_size,
             batch_size: settings.batch_size,
             batch_ready: Notify::new(),
@@ -735,6 +739,21 @@ mod tests {
             warnings.iter().all(|warning| !warning.contains("cret")),
             "a warning shows a value: {warnings:?}"
         );
+    }
+
+    /// The sizes are limits, not allocations: a billion spans allowed takes no memory up front.
+    #[tokio::test]
+    async fn a_huge_queue_or_batch_is_not_allocated_at_start() {
+        let huge = "1000000000";
+        let (settings, warnings) = settings_of(&[
+            ENDPOINT,
+            ("OTEL_BSP_MAX_QUEUE_SIZE", huge),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", huge),
+        ]);
+        assert_eq!(warnings, Vec::<String>::new());
+        let encoder = Encoder::new(&[], "s", "v");
+        let exporter = Exporter::start(&settings, encoder).expect("started");
+        assert!(exporter.shutdown(Duration::from_secs(1)).await);
     }
 
     #[test]
