@@ -15,6 +15,7 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
 pub use courses::CourseApi;
 pub use events::EventApi;
+pub(crate) use rpc::register_every_rpc;
 pub use students::StudentApi;
 
 /// The code generated from `proto/school/v1`.

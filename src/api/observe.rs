@@ -7,7 +7,8 @@
 //! When traces are exported (`telemetry::traces`) the call also has an OpenTelemetry SERVER
 //! span, named `school.v1.StudentService/AssignCourse`, with the RPC attributes of the semantic
 //! conventions v1.26.0 (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`),
-//! status Error only for the codes those conventions call server errors, a child of the
+//! status Error only for the codes those conventions call server errors (never for a path the
+//! server does not serve, `unknown/unknown`: the client's mistake), a child of the
 //! caller's span when the request carries a W3C `traceparent`; it is the current span while the
 //! handler runs (`traces::in_span`). The `rpc` span's `trace_id` and `span_id` fields put the
 //! trace on every log line of the call.
@@ -143,7 +144,7 @@ fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<traces::Se
     }
     let parent = traces::remote_parent(request.headers());
     let callers_trace = parent.as_ref().map(|parent| parent.context.trace_id);
-    let trace = traces::server_span(rpc.service, rpc.method, parent);
+    let trace = traces::server_span(rpc.service, rpc.method, rpc.served(), parent);
     if span.is_disabled() {
         // No log line of the call will be written: no ids to format.
         return (span, trace);

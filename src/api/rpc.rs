@@ -8,8 +8,10 @@ use tonic::Code;
 
 use crate::telemetry::metrics::enabled as metrics_on;
 
-/// One RPC the server serves, or `unknown` for any other path: label values come from this
-/// table, never from the request, so a client cannot mint new series.
+/// One RPC the server serves, or `unknown` / `unknown` for any other path: label values come
+/// from this table, never from the request, so a client cannot mint new series. A wrong method
+/// of a real service is `unknown` too, not a method of that service: it is the client's
+/// mistake, and under the service's name it would count among that service's errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Rpc {
     pub(super) service: &'static str,
@@ -72,13 +74,12 @@ const RPCS: &[(&str, &[(&str, &str)])] = &[
 
 const UNKNOWN: &str = "unknown";
 
-/// One slot per RPC of the table, one per service for its unknown methods, and one for
-/// unknown services.
+/// One slot per RPC of the table, and slot 0 for every path the server does not serve.
 const SLOTS: usize = {
     let mut slots = 1;
     let mut service = 0;
     while service < RPCS.len() {
-        slots += RPCS[service].1.len() + 1;
+        slots += RPCS[service].1.len();
         service += 1;
     }
     slots
@@ -121,17 +122,18 @@ impl Rpc {
         let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let mut first = 1;
         for (name, methods) in RPCS {
-            if *name == service {
-                let known = methods.iter().position(|(name, _)| *name == method);
-                let (method, kind) = known.map_or((UNKNOWN, UNARY), |i| methods[i]);
+            if *name == service
+                && let Some(known) = methods.iter().position(|(name, _)| *name == method)
+            {
+                let (method, kind) = methods[known];
                 return Rpc {
                     service: name,
                     method,
                     kind,
-                    slot: first + known.unwrap_or(methods.len()),
+                    slot: first + known,
                 };
             }
-            first += methods.len() + 1;
+            first += methods.len();
         }
         Rpc {
             service: UNKNOWN,
@@ -141,11 +143,15 @@ impl Rpc {
         }
     }
 
+    /// Whether the server serves this RPC: a call of any other path is the client's mistake,
+    /// whatever its code (the trace's status, the alert rules).
+    pub(super) fn served(self) -> bool {
+        self.slot != 0
+    }
+
     pub(super) fn started(self) {
         if metrics_on() {
-            let handles = self.handles();
-            let started = || counter!("grpc_server_started_total", &self.labels()[..]);
-            handles.started.get_or_init(started).increment(1);
+            self.started_counter().increment(1);
         }
     }
 
@@ -153,19 +159,39 @@ impl Rpc {
         if !metrics_on() {
             return;
         }
-        let handles = self.handles();
-        let handled = || {
+        self.handled_counter(code).increment(1);
+        self.handling_histogram().record(elapsed.as_secs_f64());
+    }
+
+    fn started_counter(self) -> &'static Counter {
+        self.handles()
+            .started
+            .get_or_init(|| counter!("grpc_server_started_total", &self.labels()[..]))
+    }
+
+    fn handled_counter(self, code: Code) -> &'static Counter {
+        let slot = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
+        self.handles().handled[slot].get_or_init(|| {
             let mut labels = self.labels().to_vec();
             labels.push(("grpc_code", code_name(code)));
             counter!("grpc_server_handled_total", &labels[..])
-        };
-        let slot = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
-        handles.handled[slot].get_or_init(handled).increment(1);
-        let handling = || histogram!("grpc_server_handling_seconds", &self.labels()[..]);
-        handles
+        })
+    }
+
+    fn handling_histogram(self) -> &'static Histogram {
+        self.handles()
             .handling
-            .get_or_init(handling)
-            .record(elapsed.as_secs_f64());
+            .get_or_init(|| histogram!("grpc_server_handling_seconds", &self.labels()[..]))
+    }
+
+    fn messages_counter(self, sent: bool) -> &'static Counter {
+        let handles = self.handles();
+        let (handle, name) = if sent {
+            (&handles.sent, "grpc_server_msg_sent_total")
+        } else {
+            (&handles.received, "grpc_server_msg_received_total")
+        };
+        handle.get_or_init(|| counter!(name, &self.labels()[..]))
     }
 
     fn handles(self) -> &'static Handles {
@@ -178,6 +204,31 @@ impl Rpc {
             ("grpc_service", self.service),
             ("grpc_method", self.method),
         ]
+    }
+}
+
+/// Puts every RPC's series in the registry at 0 (its counters, each code of the handled one,
+/// its latency histogram), as go-grpc-middleware's `InitializeMetrics` does: a series that
+/// first appears at 1 loses that call to `rate()` and `increase()`, and the first server error
+/// of a method would go unseen. Paths the server does not serve included (`unknown`). A no-op
+/// before the recorder is installed.
+pub(crate) fn register_every_rpc() {
+    if !metrics_on() {
+        return;
+    }
+    let served = RPCS.iter().flat_map(|(service, methods)| {
+        methods
+            .iter()
+            .map(move |(method, _)| Rpc::of_path(&format!("/{service}/{method}")))
+    });
+    for rpc in std::iter::once(Rpc::of_path("")).chain(served) {
+        rpc.started_counter();
+        rpc.messages_counter(false);
+        rpc.messages_counter(true);
+        rpc.handling_histogram();
+        for code in 0..CODES {
+            rpc.handled_counter(Code::from_i32(code as i32));
+        }
     }
 }
 
@@ -264,14 +315,7 @@ impl Messages {
             }
         }
         if complete > 0 && metrics_on() {
-            let handles = self.rpc.handles();
-            let (handle, name) = if self.sent {
-                (&handles.sent, "grpc_server_msg_sent_total")
-            } else {
-                (&handles.received, "grpc_server_msg_received_total")
-            };
-            let counter = || counter!(name, &self.rpc.labels()[..]);
-            handle.get_or_init(counter).increment(complete);
+            self.rpc.messages_counter(self.sent).increment(complete);
         }
     }
 
@@ -297,10 +341,8 @@ mod tests {
             "server_stream"
         );
         let made_up = Rpc::of_path("/school.v1.StudentService/ada@example.com");
-        assert_eq!(
-            (made_up.service, made_up.method),
-            ("school.v1.StudentService", "unknown")
-        );
+        assert_eq!((made_up.service, made_up.method), ("unknown", "unknown"));
+        assert!(!made_up.served());
         let made_up = Rpc::of_path("/evil.Service/Method");
         assert_eq!((made_up.service, made_up.method), ("unknown", "unknown"));
     }
@@ -309,7 +351,7 @@ mod tests {
     fn every_label_set_has_a_slot_of_its_own() {
         let mut paths = vec!["/evil.Service/Method".to_owned()];
         for (service, methods) in RPCS {
-            paths.push(format!("/{service}/NoSuchMethod"));
+            assert_eq!(Rpc::of_path(&format!("/{service}/NoSuchMethod")).slot, 0);
             paths.extend(
                 methods
                     .iter()

@@ -38,7 +38,6 @@ use super::{
 use crate::{
     domain::StudentCourse,
     error::{Error, Result},
-    telemetry::traces,
 };
 
 /// The most enrollments one transaction commits.
@@ -97,12 +96,9 @@ impl Assigner {
         if self.queue.send(pending).is_err() {
             return Err(Error::Unavailable(sqlx::Error::PoolClosed));
         }
-        let _span = traces::client_span(
-            "sqlite group commit",
-            observe::SQLITE_SYSTEM,
-            "assign_course",
-        );
-        self.wait_for(state, answer).await
+        let waiting = self.wait_for(state, answer);
+        let name = "sqlite group commit";
+        observe::in_span(name, observe::SQLITE_SYSTEM, "assign_course", waiting).await
     }
 
     /// Waits for the batch that runs the call, or gives up after `max_wait` if none took it.

@@ -1,7 +1,10 @@
 //! What the store reports to the metrics recorder (a no-op unless the server serves metrics):
 //! the time each call waits for a connection, by pool; the time its statements take, by
 //! operation; and, at each scrape, how full each pool is. Each operation of a call is also a
-//! CLIENT span of its trace when traces are exported (`telemetry::traces::client_span`).
+//! CLIENT span of its trace when traces are exported (`telemetry::traces::client_span`), with
+//! status Error when it failed in or on the way to the database; a connection the call could
+//! not have is a span of its own (`acquire connection`), so that a call that fails because the
+//! database is gone still shows where.
 
 use std::time::Instant;
 
@@ -58,16 +61,38 @@ impl Settle for Lent {
 }
 
 /// The end of an operation: did it leave its connection clean (it ran to its end and failed,
-/// if at all, in the database rather than on the wire)?
+/// if at all, in the database rather than on the wire)? Did it fail?
 pub(super) trait Outcome {
     fn leaves_connection_clean(&self) -> bool;
+
+    /// How the operation failed, in or on the way to the database, as its span's status says
+    /// it; `None` for success and for the answers the schema is designed to give (no row, a
+    /// unique or foreign key violation, a full course), which are results, as a NOT_FOUND is
+    /// for the call.
+    fn failure(&self) -> Option<&'static str>;
 }
+
+const UNAVAILABLE: &str = "the database is unavailable";
+const CONFLICT: &str = "the operation conflicted with a concurrent change";
+const FAILED: &str = "the database operation failed";
 
 impl<T> Outcome for Result<T, sqlx::Error> {
     fn leaves_connection_clean(&self) -> bool {
         self.as_ref()
             .err()
             .is_none_or(errors::leaves_connection_clean)
+    }
+
+    fn failure(&self) -> Option<&'static str> {
+        let err = self.as_ref().err()?;
+        let designed = matches!(err, sqlx::Error::RowNotFound)
+            || errors::is_unique_violation(err)
+            || errors::is_foreign_key_violation(err)
+            || errors::is_course_full(err);
+        if designed {
+            return None;
+        }
+        failure_of(&errors::shared(err))
     }
 }
 
@@ -76,11 +101,29 @@ impl<T> Outcome for Result<T, sqlx::migrate::MigrateError> {
     fn leaves_connection_clean(&self) -> bool {
         self.is_ok()
     }
+
+    fn failure(&self) -> Option<&'static str> {
+        self.is_err().then_some(FAILED)
+    }
 }
 
 impl<T> Outcome for Result<T, Error> {
     fn leaves_connection_clean(&self) -> bool {
         !matches!(self, Err(Error::Unavailable(_) | Error::Internal(_)))
+    }
+
+    fn failure(&self) -> Option<&'static str> {
+        failure_of(self.as_ref().err()?)
+    }
+}
+
+/// The failures among the service's errors: the others are the answers of the domain.
+fn failure_of(err: &Error) -> Option<&'static str> {
+    match err {
+        Error::Unavailable(_) => Some(UNAVAILABLE),
+        Error::Conflict(_) => Some(CONFLICT),
+        Error::Internal(_) => Some(FAILED),
+        _ => None,
     }
 }
 
@@ -89,24 +132,50 @@ pub(super) fn settle(connection: &mut impl Settle, outcome: &impl Outcome) {
     connection.settle(outcome.leaves_connection_clean());
 }
 
-/// A connection from `pool`, the wait recorded under `name`.
+/// A connection from `pool`, the wait recorded under `name`; a failed wait is a span of the
+/// call's trace.
 pub(super) async fn acquire<P: Lend>(pool: &P, name: &'static str) -> Result<P::Lent, sqlx::Error> {
     let started = Instant::now();
+    let span_start = traces::exported().then(traces::now);
     let connection = pool.lend().await;
     labelled_histogram("student_service_db_pool_acquire_seconds", "pool", name)
         .record(started.elapsed().as_secs_f64());
+    if let (Some(failure), Some(start)) = (connection.failure(), span_start) {
+        let system = if name == POSTGRES {
+            POSTGRESQL_SYSTEM
+        } else {
+            SQLITE_SYSTEM
+        };
+        if let Some(mut span) = traces::connection_span(system, name, start) {
+            span.fail(failure);
+        }
+    }
     connection
 }
 
 /// Runs `work` (the statements of one operation, connection in hand) in its span and records
 /// how long it took.
-pub(super) async fn statement<T>(
+pub(super) async fn statement<T: Outcome>(
     system: &'static str,
     operation: &'static str,
     work: impl Future<Output = T>,
 ) -> T {
-    let _span = traces::client_span(operation, system, operation);
-    time(operation, work).await
+    in_span(operation, system, operation, time(operation, work)).await
+}
+
+/// Runs `work` in a CLIENT span of the current call named `name`, which fails if it does.
+pub(super) async fn in_span<T: Outcome>(
+    name: &'static str,
+    system: &'static str,
+    operation: &'static str,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut span = traces::client_span(name, system, operation);
+    let done = work.await;
+    if let (Some(span), Some(failure)) = (&mut span, done.failure()) {
+        span.fail(failure);
+    }
+    done
 }
 
 /// Records how long `work` took, without a span (for work done on behalf of several calls).

@@ -23,7 +23,8 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use metrics::{
-    Histogram, Unit, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -89,6 +90,7 @@ pub fn install(
         .install_recorder()?;
     ENABLED.store(true, Ordering::Relaxed);
     describe();
+    register_at_zero();
     gauge!("student_service_build_info", "version" => version, "commit" => commit).set(1.0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -162,6 +164,10 @@ fn describe() {
         crate::store::SQLITE_DIRECT_FALLBACKS,
         "ListCourses reads on a SQLite file that went through the connection pool because the direct readers were all in use (reason in_use) or SQLite was busy (reason busy)."
     );
+    describe_counter!(
+        "student_service_trace_spans_dropped_total",
+        "Trace spans dropped: their batch could not be delivered to the collector (retries included), or they found the export queue full."
+    );
     describe_histogram!(
         "student_service_sqlite_group_commit_batch_size",
         "Enrollments committed together in one SQLite transaction."
@@ -170,6 +176,25 @@ fn describe() {
         "student_service_build_info",
         "Always 1; the labels name the running build (commit empty when not built from git)."
     );
+}
+
+/// Puts every counter in the registry at 0, with the label values known in advance, so that
+/// the first scrape has it: Prometheus' `rate()` and `increase()` start from a series' first
+/// sample, and a counter that first appeared at 1 would lose that increment. The gauges are set
+/// by whoever knows their value; the histograms of the store follow its operations.
+fn register_at_zero() {
+    crate::api::register_every_rpc();
+    for name in [
+        "student_service_enrollments_created_total",
+        "student_service_enrollments_refused_full_total",
+        "student_service_trace_spans_dropped_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    // The reasons store::sqlite_direct counts (0 for good on PostgreSQL, which has no direct readers).
+    for reason in ["in_use", "busy"] {
+        counter!(crate::store::SQLITE_DIRECT_FALLBACKS, "reason" => reason).increment(0);
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. `refresh` runs before each

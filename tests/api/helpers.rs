@@ -199,7 +199,7 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// `postgres://user@host:port/db` -> `postgres://user@HOST_PORT/db`.
-fn with_host(url: &str, host_port: &str) -> String {
+pub(crate) fn with_host(url: &str, host_port: &str) -> String {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
     let authority_end = url[authority_start..]
         .find('/')

@@ -535,7 +535,7 @@ async fn wait_for_health(
     }
 }
 
-async fn postgres_address(url: &str) -> std::net::SocketAddr {
+pub(crate) async fn postgres_address(url: &str) -> std::net::SocketAddr {
     let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a postgres URL");
     let host = format!("{}:{}", options.get_host(), options.get_port());
     tokio::net::lookup_host(host)

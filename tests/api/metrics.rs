@@ -15,7 +15,7 @@ use tonic::{Code, Request};
 use crate::{
     helpers::{Backend, TestDatabase, on_both_backends},
     process::{ServerProcess, free_address},
-    reliability::raw::{RawClient, Unfinished, frame},
+    reliability::raw::{RawClient, Unfinished, frame, message},
 };
 
 on_both_backends!(every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data);
@@ -75,6 +75,224 @@ async fn a_call_whose_client_closes_the_connection_mid_request_counts_as_cancele
     let unknown = value(&handled, "grpc_server_handled_total", &with_code("Unknown"));
     assert_eq!((canceled, unknown), (1.0, 0.0));
     server.kill().await;
+}
+
+/// A path the server does not serve, whether a wrong method of one of its services or a service
+/// it does not have, is the client's mistake (UNIMPLEMENTED) and is counted as `unknown` /
+/// `unknown`, as docs/observability.md says: under a real service it would read as a failing
+/// method of that service.
+#[tokio::test]
+async fn paths_the_server_does_not_serve_are_counted_as_unknown_unknown() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("school.db").display());
+    let metrics_address = free_address();
+    let metrics = metrics_address.to_string();
+    let server = ServerProcess::start(&url, &[("METRICS_LISTEN", &metrics)]).await;
+    let raw = RawClient::connect(server.address).await;
+    let paths = [
+        "/school.v1.StudentService/NoSuchMethod",
+        "/school.v1.EnrollmentEventService/NoSuchMethod",
+        "/grpc.health.v1.Health/NoSuchMethod",
+        "/no.such.Service/Method",
+    ];
+    for path in paths {
+        let reply = raw.call(path, &[], message(&[])).await.expect("an answer");
+        assert_eq!(reply.status, Some(Code::Unimplemented as i32), "{path}");
+    }
+
+    let scrape = scrape(metrics_address).await;
+    let unknown = [
+        ("grpc_type", "unary"),
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+    ];
+    assert_eq!(value(&scrape, "grpc_server_started_total", &unknown), 4.0);
+    let unimplemented = [
+        unknown[0],
+        unknown[1],
+        unknown[2],
+        ("grpc_code", "Unimplemented"),
+    ];
+    assert_eq!(
+        value(&scrape, "grpc_server_handled_total", &unimplemented),
+        4.0
+    );
+    for sample in &scrape.samples {
+        if sample.labels.get("grpc_method") == Some("unknown") {
+            assert_eq!(
+                sample.labels.get("grpc_service"),
+                Some("unknown"),
+                "{sample:?}"
+            );
+        }
+    }
+    server.kill().await;
+}
+
+/// Every counter of docs/observability.md's metrics table is in the first scrape, at 0, with
+/// each label value the table names (and every gRPC method of ours with every code): a counter
+/// that appears only at its first increment loses that increment to `rate()` and `increase()`.
+/// The table is read from the docs, so a counter documented later is held to this too.
+#[tokio::test]
+async fn every_documented_counter_is_scraped_at_zero_from_the_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite:{}", dir.path().join("school.db").display());
+    let metrics_address = free_address();
+    let metrics = metrics_address.to_string();
+    let server = ServerProcess::start(&url, &[("METRICS_LISTEN", &metrics)]).await;
+    let scrape = scrape(metrics_address).await;
+
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/observability.md"
+    ))
+    .expect("read docs/observability.md");
+    let counters = documented_counters(&docs);
+    assert!(
+        counters.len() >= 8,
+        "counters found in the docs: {counters:?}"
+    );
+    for (name, label_values) in &counters {
+        // CPU time is counted by the kernel, not by us; the start-up health checks are calls.
+        if name == "process_cpu_seconds_total" {
+            continue;
+        }
+        let samples: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == *name)
+            .collect();
+        assert!(!samples.is_empty(), "{name} is not in the first scrape");
+        assert!(
+            scrape.docs.contains_key(name.as_str()),
+            "no HELP for {name}"
+        );
+        for sample in &samples {
+            if sample.labels.get("grpc_service") == Some("grpc.health.v1.Health") {
+                continue;
+            }
+            assert_eq!(sample.value, Value::Counter(0.0), "{name} {sample:?}");
+        }
+        for (label, value) in label_values {
+            assert!(
+                samples.iter().any(|s| s.labels.get(label) == Some(value)),
+                "{name}{{{label}={value:?}}} is not in the first scrape"
+            );
+        }
+    }
+
+    // The gRPC counters: every method of our protos, with every code for the handled ones.
+    let methods = school_methods();
+    assert!(methods.len() >= 17, "{methods:?}");
+    let codes = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| s.value.clone())
+    };
+    for (service, method) in &methods {
+        let rpc = [
+            ("grpc_service", service.as_str()),
+            ("grpc_method", method.as_str()),
+        ];
+        for name in [
+            "grpc_server_started_total",
+            "grpc_server_msg_received_total",
+            "grpc_server_msg_sent_total",
+        ] {
+            assert_eq!(
+                sample(name, &rpc),
+                Some(Value::Counter(0.0)),
+                "{name} {rpc:?}"
+            );
+        }
+        for code in codes {
+            let labels = [rpc[0], rpc[1], ("grpc_code", code)];
+            assert_eq!(
+                sample("grpc_server_handled_total", &labels),
+                Some(Value::Counter(0.0)),
+                "{labels:?}"
+            );
+        }
+    }
+    server.kill().await;
+}
+
+/// (name, the label values the table names) of every counter row of the docs' metrics table,
+/// where a labels cell such as "`reason` (`in_use`, `busy`)" names values.
+fn documented_counters(docs: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut counters = Vec::new();
+    for line in docs.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| name | type | labels | what |" splits into 6 cells, the outer two empty.
+        if cells.len() < 6 || cells[2] != "counter" {
+            continue;
+        }
+        let mut label_values = Vec::new();
+        for labelled in cells[3].split(')') {
+            if let Some((label, values)) = labelled.split_once('(')
+                && let Some(label) = ticked(label).pop()
+            {
+                for value in ticked(values) {
+                    label_values.push((label.clone(), value));
+                }
+            }
+        }
+        for name in ticked(cells[1]) {
+            counters.push((name, label_values.clone()));
+        }
+    }
+    counters
+}
+
+/// (service, method) of every RPC of our protos.
+fn school_methods() -> Vec<(String, String)> {
+    use prost::Message as _;
+    let descriptors = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("our descriptors decode");
+    let mut methods = Vec::new();
+    for file in descriptors
+        .file
+        .iter()
+        .filter(|f| f.package() == "school.v1")
+    {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push((
+                    format!("school.v1.{}", service.name()),
+                    method.name().to_owned(),
+                ));
+            }
+        }
+    }
+    methods
 }
 
 const TOKEN: &str = "metrics-test-token-0123456789";

@@ -5,7 +5,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,9 +27,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, transport::Channel};
 
 use crate::{
+    helpers::with_host,
     helpers::{Backend, TestDatabase, on_both_backends},
+    lifecycle::postgres_address,
     metrics::{scrape, value},
     process::{ServerProcess, create_ada, free_address},
+    proxy::Proxy,
+    reliability::raw::{RawClient, message},
 };
 
 on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_database_spans);
@@ -36,11 +43,15 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const CALLER_STATE: &str = "congo=t61rcWkgMzE";
 
 /// Receives spans as an OpenTelemetry Collector would, and keeps them; a slow one takes
-/// `delay` to answer each export.
+/// `delay` to answer each export, a failing one answers UNAVAILABLE to the next `failures`.
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     delay: Duration,
+    failures: Arc<AtomicUsize>,
+    attempts: Arc<AtomicUsize>,
+    /// The `schema_url` of each resource and scope received.
+    schema_urls: Arc<Mutex<Vec<String>>>,
 }
 
 #[tonic::async_trait]
@@ -50,8 +61,20 @@ impl TraceService for Collector {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         tokio::time::sleep(self.delay).await;
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(tonic::Status::unavailable("the collector is restarting"));
+        }
+        let request = request.into_inner();
+        let mut schema_urls = self.schema_urls.lock().expect("lock");
+        for resource in &request.resource_spans {
+            schema_urls.push(resource.schema_url.clone());
+            schema_urls.extend(resource.scope_spans.iter().map(|s| s.schema_url.clone()));
+        }
         let spans = request
-            .into_inner()
             .resource_spans
             .into_iter()
             .flat_map(|r| r.scope_spans)
@@ -511,6 +534,170 @@ async fn a_call_its_client_abandons_mid_handler_is_canceled_in_metrics_and_trace
         attribute(server_span, "rpc.grpc.status_code"),
         Some(Value::IntValue(Code::Cancelled as i64))
     );
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+/// A method the server does not have is the caller's mistake (UNIMPLEMENTED): its span is
+/// `unknown/unknown`, the code is recorded, and the status is not Error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_a_method_the_server_does_not_have_is_no_server_error() {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let collector = Collector::default();
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let raw = RawClient::connect(server.address).await;
+    let reply = raw
+        .call("/school.v1.StudentService/NoSuchMethod", &[], message(&[]))
+        .await
+        .expect("an answer");
+    assert_eq!(reply.status, Some(Code::Unimplemented as i32));
+
+    let spans = collector
+        .wait_for(|spans| spans.iter().any(|s| s.name == "unknown/unknown"))
+        .await;
+    let span = spans
+        .iter()
+        .find(|s| s.name == "unknown/unknown")
+        .expect("span");
+    assert_eq!(
+        attribute(span, "rpc.grpc.status_code"),
+        Some(Value::IntValue(Code::Unimplemented as i64))
+    );
+    assert_eq!(span.status, None, "{span:?}");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+/// A collector that answers UNAVAILABLE (restarting, say) still gets the spans: the exporter
+/// retries with backoff, as the OTLP specification asks, within the export timeout; one that
+/// keeps failing has the batch retried, then dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_collector_that_fails_the_first_exports_and_are_dropped_when_it_never_recovers()
+ {
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let collector = Collector::default();
+    collector.failures.store(2, Ordering::SeqCst);
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let metrics_address = free_address();
+    let server = ServerProcess::start(
+        &database.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+            ("METRICS_LISTEN", &metrics_address.to_string()),
+        ],
+    )
+    .await;
+    let (mut students, _) = server.clients().await;
+    let ada = create_ada(&mut students).await;
+
+    let name = "school.v1.StudentService/CreateStudent";
+    collector
+        .wait_for(|spans| spans.iter().any(|s| s.name == name))
+        .await;
+    assert!(collector.attempts.load(Ordering::SeqCst) >= 3);
+    let dropped = || async {
+        value(
+            &scrape(metrics_address).await,
+            "student_service_trace_spans_dropped_total",
+            &[],
+        )
+    };
+    assert_eq!(dropped().await, 0.0);
+    // The resource and the scope name the semantic conventions the spans follow.
+    let schema_urls = collector.schema_urls.lock().expect("lock").clone();
+    assert!(!schema_urls.is_empty());
+    for schema_url in schema_urls {
+        assert_eq!(schema_url, "https://opentelemetry.io/schemas/1.26.0");
+    }
+
+    // Now it never recovers: the batch is tried more than once, then dropped and counted.
+    collector.failures.store(usize::MAX, Ordering::SeqCst);
+    let before = collector.attempts.load(Ordering::SeqCst);
+    students
+        .get_student(pb::GetStudentRequest { student_id: ada.id })
+        .await
+        .expect("calls succeed while the collector fails");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while dropped().await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch was never given up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts = collector.attempts.load(Ordering::SeqCst) - before;
+    assert!(attempts >= 2, "{attempts} attempts before dropping");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+/// A call that fails because PostgreSQL is gone (a proxy in between is cut) still has its
+/// database span, with status Error: whether the statement broke on a connection the database
+/// dropped, or no connection could be had at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_fails_because_the_database_is_gone_has_a_database_span_with_error_status() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let database = TestDatabase::create(&backend).await;
+    let proxy = Proxy::start(postgres_address(&database.url).await).await;
+    let url = with_host(&database.url, &proxy.address.to_string());
+    let collector = Collector::default();
+    let (collector_address, _stop_collector) = collector.start().await;
+    let endpoint = format!("http://{collector_address}");
+    let server = ServerProcess::start(
+        &url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let (mut students, _) = server.clients().await;
+    let ada = create_ada(&mut students).await;
+
+    proxy.cut().await;
+    for _ in 0..3 {
+        let failed = students
+            .get_student(pb::GetStudentRequest { student_id: ada.id })
+            .await;
+        assert_eq!(failed.expect_err("no database").code(), Code::Unavailable);
+    }
+    let name = "school.v1.StudentService/GetStudent";
+    let spans = collector
+        .wait_for(|spans| spans.iter().filter(|s| s.name == name).count() == 3)
+        .await;
+    for server_span in spans.iter().filter(|s| s.name == name) {
+        let children: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == server_span.span_id)
+            .collect();
+        let failed = children.iter().find(|child| {
+            child.kind == SpanKind::Client as i32
+                && attribute(child, "db.system") == text("postgresql")
+                && child
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.code == StatusCode::Error as i32)
+        });
+        assert!(
+            failed.is_some(),
+            "no database span with status Error under {server_span:?}: {children:?}"
+        );
+    }
+    proxy.restore();
     server.terminate();
     assert!(server.wait(Duration::from_secs(15)).await.success());
 }

@@ -114,11 +114,12 @@ fn lower_hex(digits: &str) -> bool {
         .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
 }
 
-/// A W3C `tracestate`: at most 32 `key=value` members separated by commas; keys of lowercase
-/// letters, digits and `_-*/` (with one `@` for a tenant), values of printable ASCII other than
-/// `,` and `=`, not ending in a space. One longer than 512 characters is dropped, as the W3C
-/// allows: every span of the call carries it, and a batch too large for the collector would
-/// lose other calls' spans too.
+/// A W3C `tracestate`: at most 32 `key=value` members separated by commas, no key twice (the
+/// W3C test suite drops such a header: which of the two values is the vendor's?); keys of
+/// lowercase letters, digits and `_-*/` (with one `@` for a tenant), values of printable ASCII
+/// other than `,` and `=`, not ending in a space. One longer than 512 characters is dropped, as
+/// the W3C allows: every span of the call carries it, and a batch too large for the collector
+/// would lose other calls' spans too.
 fn valid_tracestate(value: &str) -> bool {
     if value.len() > 512 {
         return false;
@@ -128,11 +129,14 @@ fn valid_tracestate(value: &str) -> bool {
         .map(|member| member.trim_matches([' ', '\t']))
         .filter(|member| !member.is_empty())
         .collect();
+    let mut keys = Vec::with_capacity(members.len());
     !members.is_empty()
         && members.len() <= 32
         && members.iter().all(|member| {
             member.split_once('=').is_some_and(|(key, value)| {
-                valid_tracestate_key(key) && valid_tracestate_value(value)
+                let first = !keys.contains(&key);
+                keys.push(key);
+                first && valid_tracestate_key(key) && valid_tracestate_value(value)
             })
         })
 }
@@ -327,6 +331,15 @@ mod tests {
             .map(|i| format!("k{i}={}", "v".repeat(200)))
             .collect::<Vec<_>>();
         assert!(!valid_tracestate(&too_long.join(",")));
+    }
+
+    #[test]
+    fn a_tracestate_with_a_key_twice_is_dropped() {
+        assert!(!valid_tracestate(
+            "congo=t61,rojo=00f067aa0ba902b7,congo=t62"
+        ));
+        assert!(!valid_tracestate("t@vendor=1, t@vendor=1"));
+        assert!(valid_tracestate("t@vendor=1,vendor=2,u@vendor=3"));
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! the collector in batches (OTLP/gRPC `TraceService/Export`), when a batch is full or the
 //! schedule delay has passed, as the SDKs' batch span processor does and with the same
 //! `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables. A call only pushes its span onto the
-//! queue; a collector that is down or slow costs it nothing. Spans that find the queue full or
-//! whose batch cannot be delivered are dropped, counted and warned about at most once a minute.
+//! queue; a collector that is down or slow costs it nothing. A failed export is retried with
+//! exponential backoff when the OTLP specification calls its code retryable, within the export
+//! timeout; meanwhile spans keep queueing, up to the queue's size. Spans that find the queue
+//! full or whose batch cannot be delivered are dropped, counted and warned about at most once a
+//! minute.
 
 use std::{
     str::FromStr,
@@ -21,17 +24,29 @@ use tonic::{
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
+use tonic_types::StatusExt as _;
 
 use super::otlp::{Encoder, SpanRecord};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Tries of one batch at most, the first included: a collector still failing after that is not
+/// coming back soon, and the batch's spans are better dropped than holding the queue.
+const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the first retry; it doubles at each retry, up to `MAX_BACKOFF`, within 20%
+/// either way so that replicas that failed together do not retry together.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Room made for spans in the queue at start (the default batch); it grows as spans come.
+const PREALLOCATED: usize = 512;
 
 /// How the exporter is set up, from the environment (defaults as in the OpenTelemetry
 /// specification).
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     pub(super) endpoint: String,
+    /// An endpoint without a scheme is plaintext (`OTEL_EXPORTER_OTLP_INSECURE`).
+    pub(super) insecure: bool,
     pub(super) headers: MetadataMap,
     pub(super) certificate: Option<String>,
     pub(super) timeout: Duration,
@@ -43,11 +58,18 @@ pub(super) struct Settings {
 impl Settings {
     /// The settings the environment gives, and warnings for what it asks that cannot be done.
     pub(super) fn from_env() -> Option<(Self, Vec<String>)> {
+        Self::from_vars(&|name| std::env::var(name).ok())
+    }
+
+    /// The settings of the variables `var` looks up. A value that cannot be used is warned
+    /// about and treated as not set, as the OpenTelemetry specification asks of the SDKs
+    /// ("generate a warning and gracefully ignore the setting").
+    fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Option<(Self, Vec<String>)> {
         let endpoint = either(
+            var,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         )?;
-        let var = |name| std::env::var(name).ok();
         let mut warnings = Vec::new();
         if turned_off(
             var("OTEL_SDK_DISABLED").as_deref(),
@@ -57,12 +79,14 @@ impl Settings {
             return None;
         }
         let headers = either(
+            var,
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
             "OTEL_EXPORTER_OTLP_HEADERS",
         )
         .map(|headers| metadata(&headers, &mut warnings))
         .unwrap_or_default();
         let compression = either(
+            var,
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             "OTEL_EXPORTER_OTLP_COMPRESSION",
         );
@@ -72,35 +96,51 @@ impl Settings {
                     .into(),
             );
         }
-        let millis = |names: &[&str], default| Duration::from_millis(number(names, default));
-        let timeout = millis(
+        let insecure = boolean(
+            var,
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+                "OTEL_EXPORTER_OTLP_INSECURE",
+            ],
+            &mut warnings,
+        );
+        let mut number =
+            |names: &[&str], default, least| number(var, names, default, least, &mut warnings);
+        // A timeout of 0 would fail every export, a queue or a batch of 0 would take no span.
+        let export_timeout = number(
             &[
                 "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
                 "OTEL_EXPORTER_OTLP_TIMEOUT",
             ],
             10_000,
-        )
-        .min(millis(&["OTEL_BSP_EXPORT_TIMEOUT"], 30_000));
-        let queue_size = usize::try_from(number(&["OTEL_BSP_MAX_QUEUE_SIZE"], 2_048))
-            .unwrap_or(2_048)
-            .max(1);
-        let batch_size = usize::try_from(number(&["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], 512))
-            .unwrap_or(512)
-            .clamp(1, queue_size);
+            1,
+        );
+        let batch_timeout = number(&["OTEL_BSP_EXPORT_TIMEOUT"], 30_000, 1);
+        let queue_size = number(&["OTEL_BSP_MAX_QUEUE_SIZE"], 2_048, 1);
+        let batch_size = number(&["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"], 512, 1);
+        // 0 is "at once"; a millisecond keeps the export task from spinning.
+        let schedule_delay = number(&["OTEL_BSP_SCHEDULE_DELAY"], 5_000, 0).max(1);
+        if batch_size > queue_size {
+            warnings.push(format!(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch_size} is larger than \
+                 OTEL_BSP_MAX_QUEUE_SIZE={queue_size}; batches of {queue_size}"
+            ));
+        }
+        let count = |number: u64| usize::try_from(number).unwrap_or(usize::MAX);
         Some((
             Self {
                 endpoint,
+                insecure,
                 headers,
                 certificate: either(
+                    var,
                     "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
                     "OTEL_EXPORTER_OTLP_CERTIFICATE",
                 ),
-                timeout,
-                // At least a millisecond: 0 would make the export task spin.
-                schedule_delay: millis(&["OTEL_BSP_SCHEDULE_DELAY"], 5_000)
-                    .max(Duration::from_millis(1)),
-                queue_size,
-                batch_size,
+                timeout: Duration::from_millis(export_timeout.min(batch_timeout)),
+                schedule_delay: Duration::from_millis(schedule_delay),
+                queue_size: count(queue_size),
+                batch_size: count(batch_size.min(queue_size)),
             },
             warnings,
         ))
@@ -109,16 +149,24 @@ impl Settings {
     /// The channel to the collector; it connects on first use (a collector that is not up yet
     /// is no reason to refuse to start).
     fn channel(&self) -> Result<Channel, String> {
-        let mut endpoint = Endpoint::from_str(&self.endpoint)
+        let (url, schemeless) = collector_url(&self.endpoint, self.insecure)?;
+        let mut endpoint = Endpoint::from_str(&url)
             .map_err(|err| format!("bad OTLP endpoint {:?}: {err}", self.endpoint))?
             .connect_timeout(self.timeout);
-        if self.endpoint.starts_with("https:") {
+        if url.starts_with("https:") {
             let Some(path) = &self.certificate else {
-                return Err(
-                    "an https OTLP endpoint needs OTEL_EXPORTER_OTLP_CERTIFICATE (the CA \
-                            certificate to trust, PEM): the service carries no root certificates"
-                        .into(),
-                );
+                let no_roots = "OTEL_EXPORTER_OTLP_CERTIFICATE (the CA certificate to trust, \
+                                PEM): the service carries no root certificates";
+                if schemeless {
+                    return Err(format!(
+                        "the OTLP endpoint {endpoint:?} has no scheme, which the OTLP exporter \
+                         specification reads as a secure (TLS) connection unless \
+                         OTEL_EXPORTER_OTLP_INSECURE=true, and a secure one needs {no_roots}; \
+                         for a collector without TLS write http://{endpoint}",
+                        endpoint = self.endpoint,
+                    ));
+                }
+                return Err(format!("an https OTLP endpoint needs {no_roots}"));
             };
             let pem = std::fs::read(path).map_err(|err| format!("cannot read {path}: {err}"))?;
             endpoint = endpoint
@@ -126,6 +174,27 @@ impl Settings {
                 .map_err(|err| format!("bad TLS settings for {:?}: {err}", self.endpoint))?;
         }
         Ok(endpoint.connect_lazy())
+    }
+}
+
+/// The collector's URL, and whether `endpoint` had no scheme: an endpoint with the scheme http
+/// or https is taken as it is; one without (`collector:4317`, a form gRPC clients take) is https,
+/// or http when `insecure`, as the OTLP exporter specification says of an OTLP/gRPC endpoint.
+fn collector_url(endpoint: &str, insecure: bool) -> Result<(String, bool), String> {
+    match endpoint.split_once("://") {
+        Some((scheme, rest))
+            if matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") =>
+        {
+            Ok((format!("{}://{rest}", scheme.to_ascii_lowercase()), false))
+        }
+        Some((scheme, _)) => Err(format!(
+            "the OTLP endpoint {endpoint:?} has the scheme {scheme:?}: OTLP/gRPC takes http or \
+             https (or none, with OTEL_EXPORTER_OTLP_INSECURE)"
+        )),
+        None => {
+            let scheme = if insecure { "http" } else { "https" };
+            Ok((format!("{scheme}://{endpoint}"), true))
+        }
     }
 }
 
@@ -158,27 +227,77 @@ fn turned_off(
 }
 
 /// The first of two variables that is set and not empty.
-fn either(specific: &str, general: &str) -> Option<String> {
+fn either(var: &dyn Fn(&str) -> Option<String>, specific: &str, general: &str) -> Option<String> {
     [specific, general].iter().find_map(|name| {
-        std::env::var(name)
-            .ok()
+        var(name)
             .map(|value| value.trim().to_owned())
             .filter(|value| !value.is_empty())
     })
 }
 
-/// The first of the variables that holds a number.
-fn number(names: &[&str], default: u64) -> u64 {
-    names
-        .iter()
-        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
-        .unwrap_or(default)
+/// The number held by the first of `names` that holds a whole number of at least `least`, or
+/// `default`; a variable set to anything else is warned about and ignored.
+fn number(
+    var: &dyn Fn(&str) -> Option<String>,
+    names: &[&str],
+    default: u64,
+    least: u64,
+    warnings: &mut Vec<String>,
+) -> u64 {
+    for name in names {
+        let Some(value) = var(name) else { continue };
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        match value.parse::<u64>() {
+            Ok(number) if number >= least => return number,
+            _ => warnings.push(format!(
+                "{name}={value:?} is not a whole number of at least {least}; ignored"
+            )),
+        }
+    }
+    default
 }
 
-/// `key=value,...` (values percent-encoded) as gRPC metadata; bad entries are warned about.
+/// Whether the first of `names` that is `true` or `false` (in any case) is `true`; a variable
+/// set to anything else is warned about and ignored.
+fn boolean(
+    var: &dyn Fn(&str) -> Option<String>,
+    names: &[&str],
+    warnings: &mut Vec<String>,
+) -> bool {
+    for name in names {
+        let Some(value) = var(name) else { continue };
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("true") {
+            return true;
+        }
+        if value.eq_ignore_ascii_case("false") {
+            return false;
+        }
+        if !value.is_empty() {
+            warnings.push(format!("{name}={value:?} is not true or false; ignored"));
+        }
+    }
+    false
+}
+
+/// `key=value,...` (keys and values percent-encoded) as gRPC metadata; an entry that does not
+/// decode, or is no valid metadata, is warned about (by its key, never its value: headers carry
+/// API keys) and not sent.
 fn metadata(headers: &str, warnings: &mut Vec<String>) -> MetadataMap {
     let mut map = MetadataMap::new();
-    for (key, value) in super::key_values(headers) {
+    for entry in super::key_values(headers) {
+        let (key, value) = match entry {
+            Ok(entry) => entry,
+            Err(why) => {
+                warnings.push(format!(
+                    "OTEL_EXPORTER_OTLP_HEADERS: {why}; that header is not sent"
+                ));
+                continue;
+            }
+        };
         match (
             MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes()),
             MetadataValue::try_from(value.as_str()),
@@ -257,7 +376,9 @@ impl Exporter {
             encoder,
         };
         let queue = Arc::new(Queue {
-            spans: Mutex::new(Vec::with_capacity(settings.batch_size)),
+            // The sizes are limits: a queue allowed a billion spans would otherwise take all
+            // the memory at start, to hold none.
+            spans: Mutex::new(Vec::with_capacity(settings.batch_size.min(PREALLOCATED))),
             capacity: settings.queue_size,
             batch_size: settings.batch_size,
             batch_ready: Notify::new(),
@@ -294,7 +415,10 @@ async fn run(
             if batch.is_empty() {
                 break;
             }
-            if let Err(error) = client.send(&batch).await {
+            // At shutdown each batch has one try: waiting out backoffs for a collector that is
+            // down would hold the process's exit for the whole drain timeout.
+            let attempts = if stopping { 1 } else { MAX_ATTEMPTS };
+            if let Err(error) = client.export(&batch, attempts).await {
                 queue.losses.dropped(batch.len(), &error);
             }
         }
@@ -313,10 +437,36 @@ struct Client {
 }
 
 impl Client {
-    async fn send(&mut self, spans: &[SpanRecord]) -> Result<(), tonic::Status> {
-        let mut request = tonic::Request::new(Encoded(self.encoder.request(spans)));
+    /// Delivers `spans` in at most `attempts` tries, retrying as the OTLP specification says,
+    /// all within the export timeout; the last error when it gives up.
+    async fn export(&mut self, spans: &[SpanRecord], attempts: u32) -> Result<(), tonic::Status> {
+        let body = self.encoder.request(spans);
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match self.send(body.clone(), left).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let Some(wait) = retry_wait(&error, jittered(backoff)) else {
+                return Err(error);
+            };
+            if attempt >= attempts || Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            attempt += 1;
+        }
+    }
+
+    /// One export request, answered within `timeout`.
+    async fn send(&mut self, body: Bytes, timeout: Duration) -> Result<(), tonic::Status> {
+        let mut request = tonic::Request::new(Encoded(body));
         *request.metadata_mut() = self.headers.clone();
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         let export = async {
             self.grpc
                 .ready()
@@ -327,13 +477,38 @@ impl Client {
                 .unary(request, PathAndQuery::from_static(EXPORT_PATH), codec)
                 .await
         };
-        match tokio::time::timeout(self.timeout, export).await {
+        match tokio::time::timeout(timeout, export).await {
             Ok(response) => response.map(drop),
             Err(_) => Err(tonic::Status::deadline_exceeded(
                 "the collector did not answer in time",
             )),
         }
     }
+}
+
+/// How long to wait before trying a failed export again, `None` when it must not be: the OTLP
+/// specification's retryable codes, RESOURCE_EXHAUSTED only when the collector says when to
+/// come back (a `google.rpc.RetryInfo` detail); that delay is waited at least.
+fn retry_wait(error: &tonic::Status, backoff: Duration) -> Option<Duration> {
+    use tonic::Code;
+    let advised = error
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    match error.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => Some(advised.map_or(backoff, |advised| advised.max(backoff))),
+        Code::ResourceExhausted => advised.map(|advised| advised.max(backoff)),
+        _ => None,
+    }
+}
+
+/// `backoff`, give or take 20%.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// A message already encoded ([`Encoder::request`]), sent as it is.
@@ -394,6 +569,192 @@ impl Losses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_are_retried_on_the_codes_the_otlp_specification_calls_retryable() {
+        use tonic::Code;
+        use tonic_types::{ErrorDetails, StatusExt};
+        let backoff = Duration::from_secs(1);
+        let retryable = [
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unavailable,
+            Code::DataLoss,
+        ];
+        for code in retryable {
+            let error = tonic::Status::new(code, "try again");
+            assert_eq!(retry_wait(&error, backoff), Some(backoff), "{code:?}");
+        }
+        for code in [
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::ResourceExhausted,
+        ] {
+            let error = tonic::Status::new(code, "no");
+            assert_eq!(retry_wait(&error, backoff), None, "{code:?}");
+        }
+        // RetryInfo makes RESOURCE_EXHAUSTED retryable, and its delay is waited at least.
+        let throttled = |code, seconds| {
+            let details = ErrorDetails::with_retry_info(Some(Duration::from_secs(seconds)));
+            tonic::Status::with_error_details(code, "slow down", details)
+        };
+        let exhausted = throttled(Code::ResourceExhausted, 3);
+        assert_eq!(
+            retry_wait(&exhausted, backoff),
+            Some(Duration::from_secs(3))
+        );
+        let unavailable = throttled(Code::Unavailable, 0);
+        assert_eq!(retry_wait(&unavailable, backoff), Some(backoff));
+        let invalid = throttled(Code::InvalidArgument, 3);
+        assert_eq!(retry_wait(&invalid, backoff), None);
+    }
+
+    #[test]
+    fn backoff_is_jittered_within_a_fifth() {
+        for _ in 0..1000 {
+            let wait = jittered(Duration::from_secs(1));
+            assert!(
+                wait >= Duration::from_millis(800) && wait <= Duration::from_millis(1200),
+                "{wait:?}"
+            );
+        }
+    }
+
+    fn settings_of(vars: &[(&str, &str)]) -> (Settings, Vec<String>) {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        Settings::from_vars(&|name| vars.get(name).cloned()).expect("traces on")
+    }
+
+    const ENDPOINT: (&str, &str) = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
+
+    fn sizes(settings: &Settings) -> (usize, usize, Duration, Duration) {
+        (
+            settings.queue_size,
+            settings.batch_size,
+            settings.schedule_delay,
+            settings.timeout,
+        )
+    }
+
+    #[test]
+    fn batch_values_that_are_negative_zero_where_meaningless_or_no_number_are_warned_about_and_ignored()
+     {
+        let (defaults, warnings) = settings_of(&[ENDPOINT]);
+        assert_eq!(warnings, Vec::<String>::new());
+        let defaults = sizes(&defaults);
+        assert_eq!(
+            defaults,
+            (2_048, 512, Duration::from_secs(5), Duration::from_secs(10))
+        );
+        for (name, bad) in [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "-1"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-512"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "-100"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1.5"),
+        ] {
+            let (settings, warnings) = settings_of(&[ENDPOINT, (name, bad)]);
+            assert_eq!(sizes(&settings), defaults, "{name}={bad}");
+            assert_eq!(warnings.len(), 1, "{name}={bad}: {warnings:?}");
+            assert!(warnings[0].contains(name), "{warnings:?}");
+        }
+        // A specific variable that is ignored leaves the general one in charge.
+        let (settings, _) = settings_of(&[
+            ENDPOINT,
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ]);
+        assert_eq!(settings.timeout, Duration::from_secs(2));
+        // Good values are taken: a delay of 0 exports at once; a batch larger than the queue
+        // is the queue, with a warning.
+        let (settings, warnings) = settings_of(&[
+            ENDPOINT,
+            ("OTEL_BSP_MAX_QUEUE_SIZE", " 100 "),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "200"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ]);
+        assert_eq!((settings.queue_size, settings.batch_size), (100, 100));
+        assert_eq!(settings.schedule_delay, Duration::from_millis(1));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_without_a_scheme_is_a_secure_one_unless_insecure_is_set() {
+        let bare = ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317");
+        let (secure, _) = settings_of(&[bare]);
+        let refused = secure
+            .channel()
+            .expect_err("a secure endpoint needs a CA certificate");
+        for said in [
+            "no scheme",
+            "http://localhost:4317",
+            "OTEL_EXPORTER_OTLP_INSECURE",
+        ] {
+            assert!(refused.contains(said), "{said:?} not in {refused:?}");
+        }
+        let (insecure, warnings) = settings_of(&[bare, ("OTEL_EXPORTER_OTLP_INSECURE", "true")]);
+        assert_eq!(warnings, Vec::<String>::new());
+        assert!(insecure.channel().is_ok());
+        let (plain, _) = settings_of(&[ENDPOINT]);
+        assert!(plain.channel().is_ok());
+        let (other, _) = settings_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")]);
+        let refused = other.channel().expect_err("not a scheme of OTLP/gRPC");
+        assert!(refused.contains("http or https"), "{refused}");
+    }
+
+    #[test]
+    fn a_header_that_does_not_decode_is_warned_about_and_not_sent() {
+        let mut warnings = Vec::new();
+        let headers = metadata(
+            "api-key=s%3Dcret, bad=%zz, broken=%e2%82, noequals ,x-team=a%20b",
+            &mut warnings,
+        );
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(
+            headers.get("api-key").and_then(|v| v.to_str().ok()),
+            Some("s=cret")
+        );
+        assert_eq!(
+            headers.get("x-team").and_then(|v| v.to_str().ok()),
+            Some("a b")
+        );
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings.iter().all(|warning| !warning.contains("cret")),
+            "a warning shows a value: {warnings:?}"
+        );
+    }
+
+    /// The sizes are limits, not allocations: a billion spans allowed takes no memory up front.
+    #[tokio::test]
+    async fn a_huge_queue_or_batch_is_not_allocated_at_start() {
+        let huge = "1000000000";
+        let (settings, warnings) = settings_of(&[
+            ENDPOINT,
+            ("OTEL_BSP_MAX_QUEUE_SIZE", huge),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", huge),
+        ]);
+        assert_eq!(warnings, Vec::<String>::new());
+        let encoder = Encoder::new(&[], "s", "v");
+        let exporter = Exporter::start(&settings, encoder).expect("started");
+        assert!(exporter.shutdown(Duration::from_secs(1)).await);
+    }
 
     #[test]
     fn traces_are_turned_off_as_the_sdks_turn_them_off() {

@@ -64,13 +64,14 @@ thread_local! {
 /// Starts exporting spans as the environment says; must be called inside the Tokio runtime
 /// (the export task runs on it). `Err` says why traces stay off.
 pub(super) fn start() -> Result<Option<Exporter>, String> {
-    let Some((settings, warnings)) = Settings::from_env() else {
+    let Some((settings, mut warnings)) = Settings::from_env() else {
         return Ok(None);
     };
+    let resource = resource(&mut warnings);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let encoder = Encoder::new(&resource(), "student-service", env!("CARGO_PKG_VERSION"));
+    let encoder = Encoder::new(&resource, "student-service", env!("CARGO_PKG_VERSION"));
     let exporter = Exporter::start(&settings, encoder)?;
     let traces = Traces {
         sampler: Sampler::from_env(),
@@ -83,17 +84,31 @@ pub(super) fn start() -> Result<Option<Exporter>, String> {
 /// The resource: `service.name` from `OTEL_SERVICE_NAME`, else from `OTEL_RESOURCE_ATTRIBUTES`,
 /// else `student-service`; the other attributes of `OTEL_RESOURCE_ATTRIBUTES`; and what made the
 /// spans (`telemetry.sdk.*`, `service.version` unless given).
-fn resource() -> Vec<(String, String)> {
+fn resource(warnings: &mut Vec<String>) -> Vec<(String, String)> {
     resource_of(
         std::env::var("OTEL_SERVICE_NAME").ok(),
         std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok(),
+        warnings,
     )
 }
 
-fn resource_of(service_name: Option<String>, attributes: Option<String>) -> Vec<(String, String)> {
-    let mut given = attributes
-        .map(|attributes| key_values(&attributes))
-        .unwrap_or_default();
+fn resource_of(
+    service_name: Option<String>,
+    attributes: Option<String>,
+    warnings: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    // "In case of any error, e.g. failure during the decoding process, the entire environment
+    // variable value SHOULD be discarded" (the OpenTelemetry resource SDK specification): a
+    // half-applied list would label the spans with a mix nobody wrote.
+    let given: Result<Vec<_>, String> = attributes
+        .map(|attributes| key_values(&attributes).into_iter().collect())
+        .unwrap_or(Ok(Vec::new()));
+    let mut given = given.unwrap_or_else(|why| {
+        warnings.push(format!(
+            "OTEL_RESOURCE_ATTRIBUTES: {why}; the whole variable is ignored"
+        ));
+        Vec::new()
+    });
     let name = service_name
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
@@ -131,37 +146,51 @@ fn resource_of(service_name: Option<String>, attributes: Option<String>) -> Vec<
     resource
 }
 
-/// `key=value,key=value` (W3C baggage style, values percent-encoded), as the OpenTelemetry
-/// variables write lists; entries without `=` or key are skipped.
-fn key_values(list: &str) -> Vec<(String, String)> {
+/// The entries of `key=value,key=value` (W3C baggage style: keys and values percent-encoded,
+/// blanks around them trimmed), as the OpenTelemetry variables write lists; empty entries are
+/// skipped. An entry that does not decode is the reason why, naming the entry by its key or
+/// place, never its value (headers carry API keys).
+fn key_values(list: &str) -> Vec<Result<(String, String), String>> {
     list.split(',')
-        .filter_map(|entry| entry.split_once('='))
-        .map(|(key, value)| (key.trim().to_owned(), percent_decoded(value.trim())))
-        .filter(|(key, _)| !key.is_empty())
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            let place = i + 1;
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("entry {place} is not key=value"))?;
+            let key = percent_decoded(key.trim())
+                .map_err(|why| format!("the key of entry {place} {why}"))?;
+            if key.is_empty() {
+                return Err(format!("entry {place} has no key"));
+            }
+            let value = percent_decoded(value.trim())
+                .map_err(|why| format!("the value of {key:?} {why}"))?;
+            Ok((key, value))
+        })
         .collect()
 }
 
-fn percent_decoded(value: &str) -> String {
-    let bytes = value.as_bytes();
+fn percent_decoded(text: &str) -> Result<String, &'static str> {
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| value.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
+        if bytes[i] == b'%' {
+            let byte = text
+                .get(i + 1..i + 3)
+                .filter(|hex| hex.bytes().all(|digit| digit.is_ascii_hexdigit()))
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or("has a % not followed by two hex digits")?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once percent-decoded")
 }
 
 /// Whether spans are exported (the environment asked for it and the exporter started).
@@ -170,10 +199,12 @@ pub(crate) fn exported() -> bool {
 }
 
 /// The SERVER span of a call of `service/method`, a child of the caller's span when there is
-/// one; `None` when traces are not exported.
+/// one; `None` when traces are not exported. `served` is false for a path the server does not
+/// serve (`unknown/unknown`).
 pub(crate) fn server_span(
     service: &'static str,
     method: &'static str,
+    served: bool,
     parent: Option<RemoteParent>,
 ) -> Option<ServerSpan> {
     let traces = TRACES.get()?;
@@ -192,6 +223,7 @@ pub(crate) fn server_span(
         parent,
         service,
         method,
+        served,
         start_unix_nanos: unix_nanos(),
     })
 }
@@ -203,6 +235,7 @@ pub(crate) struct ServerSpan {
     parent: Option<RemoteParent>,
     service: &'static str,
     method: &'static str,
+    served: bool,
     start_unix_nanos: u64,
 }
 
@@ -236,6 +269,7 @@ impl ServerSpan {
             kind: Kind::Call {
                 service: self.service,
                 method: self.method,
+                served: self.served,
                 code,
             },
         });
@@ -251,6 +285,29 @@ pub(crate) fn client_span(
     system: &'static str,
     operation: &'static str,
 ) -> Option<ClientSpan> {
+    database_span(name, system, Some(operation), None)
+}
+
+/// A CLIENT span for a connection of `pool` that the current call could not have (the
+/// database unreachable, the pool exhausted), named `acquire connection`, begun at
+/// `start_unix_nanos` (from [`now`]): made only once the wait has failed, so that a
+/// connection had costs no span.
+pub(crate) fn connection_span(
+    system: &'static str,
+    pool: &'static str,
+    start_unix_nanos: u64,
+) -> Option<ClientSpan> {
+    let mut span = database_span("acquire connection", system, None, Some(pool))?;
+    span.start_unix_nanos = start_unix_nanos;
+    Some(span)
+}
+
+fn database_span(
+    name: &'static str,
+    system: &'static str,
+    operation: Option<&'static str>,
+    pool: Option<&'static str>,
+) -> Option<ClientSpan> {
     TRACES.get()?;
     let parent = CURRENT.with(|current| {
         let call = current.take();
@@ -264,6 +321,8 @@ pub(crate) fn client_span(
         name,
         system,
         operation,
+        pool,
+        error: None,
         start_unix_nanos: unix_nanos(),
     })
 }
@@ -274,8 +333,18 @@ pub(crate) struct ClientSpan {
     span_id: SpanId,
     name: &'static str,
     system: &'static str,
-    operation: &'static str,
+    operation: Option<&'static str>,
+    pool: Option<&'static str>,
+    error: Option<&'static str>,
     start_unix_nanos: u64,
+}
+
+impl ClientSpan {
+    /// Marks the work failed: the span's status is Error, described by `description`, a fixed
+    /// text (driver messages can quote the values of a statement).
+    pub(crate) fn fail(&mut self, description: &'static str) {
+        self.error = Some(description);
+    }
 }
 
 impl Drop for ClientSpan {
@@ -295,9 +364,16 @@ impl Drop for ClientSpan {
                 name: self.name,
                 system: self.system,
                 operation: self.operation,
+                pool: self.pool,
+                error: self.error,
             },
         });
     }
+}
+
+/// The time as spans record it, for a span made after the work it covers began.
+pub(crate) fn now() -> u64 {
+    unix_nanos()
 }
 
 fn unix_nanos() -> u64 {
@@ -367,13 +443,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lists_are_percent_decoded_and_entries_without_a_key_skipped() {
+    fn lists_are_percent_decoded_and_entries_that_do_not_decode_say_why() {
+        let entries = key_values(" a = 1 ,b=x%2Cy%3Dz,, =skip,novalue, c=%zz, d=%4, e=%C3");
         assert_eq!(
-            key_values(" a = 1 ,b=x%2Cy%3Dz,=skip,novalue, c=%zz%4"),
+            entries[..2],
             [
-                ("a".to_owned(), "1".to_owned()),
-                ("b".to_owned(), "x,y=z".to_owned()),
-                ("c".to_owned(), "%zz%4".to_owned()),
+                Ok(("a".to_owned(), "1".to_owned())),
+                Ok(("b".to_owned(), "x,y=z".to_owned())),
+            ]
+        );
+        let errors: Vec<String> = entries[2..]
+            .iter()
+            .map(|entry| entry.clone().expect_err("does not decode"))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "entry 3 has no key",
+                "entry 4 is not key=value",
+                "the value of \"c\" has a % not followed by two hex digits",
+                "the value of \"d\" has a % not followed by two hex digits",
+                "the value of \"e\" is not UTF-8 once percent-decoded",
             ]
         );
     }
@@ -388,15 +478,15 @@ mod tests {
     #[test]
     fn the_resource_is_named_by_otel_service_name_first() {
         let attributes = Some("service.name=from-attributes,deployment.environment=prod".into());
-        let named = resource_of(Some("billing".into()), attributes.clone());
+        let named = resource_of(Some("billing".into()), attributes.clone(), &mut Vec::new());
         assert_eq!(value(&named, "service.name"), Some("billing"));
         assert_eq!(value(&named, "deployment.environment"), Some("prod"));
-        let from_attributes = resource_of(Some(" ".into()), attributes);
+        let from_attributes = resource_of(Some(" ".into()), attributes, &mut Vec::new());
         assert_eq!(
             value(&from_attributes, "service.name"),
             Some("from-attributes")
         );
-        let default = resource_of(None, None);
+        let default = resource_of(None, None, &mut Vec::new());
         assert_eq!(value(&default, "service.name"), Some("student-service"));
         assert_eq!(
             value(&default, "service.version"),
@@ -406,8 +496,36 @@ mod tests {
     }
 
     #[test]
+    fn resource_attributes_that_do_not_decode_are_discarded_whole() {
+        for bad in [
+            "deployment.environment=prod,team=%zz",
+            "deployment.environment=prod,team=a%4",
+            "deployment.environment=prod,team=%e2%82",
+            "deployment.environment=prod,team",
+            "deployment.environment=prod,=x",
+        ] {
+            let mut warnings = Vec::new();
+            let resource = resource_of(None, Some(bad.into()), &mut warnings);
+            assert_eq!(value(&resource, "deployment.environment"), None, "{bad}");
+            assert_eq!(value(&resource, "service.name"), Some("student-service"));
+            assert_eq!(warnings.len(), 1, "{bad}: {warnings:?}");
+            assert!(warnings[0].contains("whole variable is ignored"));
+        }
+        let mut warnings = Vec::new();
+        let good = Some("team=a%2Cb%3Dc , ,k%C3%A9y=%E2%82%AC".into());
+        let resource = resource_of(None, good, &mut warnings);
+        assert_eq!(warnings, Vec::<String>::new());
+        assert_eq!(value(&resource, "team"), Some("a,b=c"));
+        assert_eq!(value(&resource, "kéy"), Some("€"));
+    }
+
+    #[test]
     fn a_repeated_resource_attribute_keeps_its_last_value() {
-        let resource = resource_of(None, Some("team=a,service.version=2.0,team=b".into()));
+        let resource = resource_of(
+            None,
+            Some("team=a,service.version=2.0,team=b".into()),
+            &mut Vec::new(),
+        );
         assert_eq!(value(&resource, "team"), Some("b"));
         assert_eq!(value(&resource, "service.version"), Some("2.0"));
     }

@@ -1,8 +1,9 @@
 //! Finished spans, and their OTLP encoding: an `ExportTraceServiceRequest` of one resource and
-//! one instrumentation scope (opentelemetry/proto/collector/trace/v1, field numbers from the
-//! OTLP `.proto` files), written straight from [`SpanRecord`]s. A span is a few fixed fields and
-//! static strings, so a batch of them becomes bytes without the per-attribute allocations of
-//! building OTLP's message structs first; `tests` decodes it with `opentelemetry-proto`.
+//! one instrumentation scope, both with the `schema_url` of the semantic conventions the spans
+//! follow (opentelemetry/proto/collector/trace/v1, field numbers from the OTLP `.proto` files),
+//! written straight from [`SpanRecord`]s. A span is a few fixed fields and static strings, so a
+//! batch of them becomes bytes without the per-attribute allocations of building OTLP's message
+//! structs first; `tests` decodes it with `opentelemetry-proto`.
 
 use std::sync::Arc;
 
@@ -39,15 +40,24 @@ pub(super) enum Kind {
     Call {
         service: &'static str,
         method: &'static str,
+        /// False for a path the server does not serve (`unknown/unknown`).
+        served: bool,
         code: Code,
     },
-    /// Database work for a call: CLIENT, with `db.system` and `db.operation.name`.
+    /// Database work for a call: CLIENT, with `db.system` and `db.operation.name` (none for
+    /// a connection that could not be had, which names its pool instead).
     Database {
         name: &'static str,
         system: &'static str,
-        operation: &'static str,
+        operation: Option<&'static str>,
+        pool: Option<&'static str>,
+        /// Set when the work failed: the status is Error, with this description.
+        error: Option<&'static str>,
     },
 }
+
+/// The semantic conventions our spans and resource follow, as `schema_url` names them.
+pub(super) const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
 
 /// An attribute value: the OTLP `AnyValue`s our spans and resources use.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +70,11 @@ pub(super) enum Value<'a> {
 const REQUEST_RESOURCE_SPANS: u32 = 1;
 const RESOURCE_SPANS_RESOURCE: u32 = 1;
 const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2;
+const RESOURCE_SPANS_SCHEMA_URL: u32 = 3;
 const RESOURCE_ATTRIBUTES: u32 = 1;
 const SCOPE_SPANS_SCOPE: u32 = 1;
 const SCOPE_SPANS_SPANS: u32 = 2;
+const SCOPE_SPANS_SCHEMA_URL: u32 = 3;
 const SCOPE_NAME: u32 = 1;
 const SCOPE_VERSION: u32 = 2;
 const SPAN_TRACE_ID: u32 = 1;
@@ -97,6 +109,8 @@ pub(super) struct Encoder {
     resource: Vec<u8>,
     /// The `scope` field of `ScopeSpans`, written once.
     scope: Vec<u8>,
+    /// A `schema_url` field (the same number in `ResourceSpans` and `ScopeSpans`), written once.
+    schema_url: Vec<u8>,
     spans: Vec<u8>,
     span: Vec<u8>,
 }
@@ -119,9 +133,11 @@ impl Encoder {
         let mut scope = Vec::new();
         text(&mut scope, SCOPE_NAME, scope_name);
         text(&mut scope, SCOPE_VERSION, scope_version);
+        debug_assert_eq!(RESOURCE_SPANS_SCHEMA_URL, SCOPE_SPANS_SCHEMA_URL);
         Self {
             resource: delimited(RESOURCE_SPANS_RESOURCE, &attributes),
             scope: delimited(SCOPE_SPANS_SCOPE, &scope),
+            schema_url: delimited(RESOURCE_SPANS_SCHEMA_URL, SCHEMA_URL.as_bytes()),
             spans: Vec::new(),
             span: Vec::new(),
         }
@@ -135,15 +151,18 @@ impl Encoder {
             write_span(&mut self.span, record);
             bytes(&mut self.spans, SCOPE_SPANS_SPANS, &self.span);
         }
-        let scope_spans = self.scope.len() + self.spans.len();
-        let resource_spans =
-            self.resource.len() + delimited_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
+        let scope_spans = self.scope.len() + self.spans.len() + self.schema_url.len();
+        let resource_spans = self.resource.len()
+            + delimited_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans)
+            + self.schema_url.len();
         let mut out = Vec::with_capacity(delimited_len(REQUEST_RESOURCE_SPANS, resource_spans));
         header(&mut out, REQUEST_RESOURCE_SPANS, resource_spans);
         out.extend_from_slice(&self.resource);
         header(&mut out, RESOURCE_SPANS_SCOPE_SPANS, scope_spans);
         out.extend_from_slice(&self.scope);
         out.extend_from_slice(&self.spans);
+        out.extend_from_slice(&self.schema_url);
+        out.extend_from_slice(&self.schema_url);
         Bytes::from(out)
     }
 }
@@ -165,6 +184,7 @@ fn write_span(out: &mut Vec<u8>, span: &SpanRecord) {
         Kind::Call {
             service,
             method,
+            served,
             code,
         } => {
             header(out, SPAN_NAME, service.len() + 1 + method.len());
@@ -182,33 +202,54 @@ fn write_span(out: &mut Vec<u8>, span: &SpanRecord) {
                 "rpc.grpc.status_code",
                 Value::Int(code as i64),
             );
-            if is_server_error(code) {
-                let message = code.description();
-                let status = delimited_len(STATUS_MESSAGE, message.len()) + 2;
-                header(out, SPAN_STATUS, status);
-                text(out, STATUS_MESSAGE, message);
-                varint(out, STATUS_CODE, STATUS_ERROR);
+            // A method the server does not have is the client's mistake, though the
+            // conventions count its UNIMPLEMENTED as a server error.
+            if served && is_server_error(code) {
+                error_status(out, code.description());
             }
         }
         Kind::Database {
             name,
             system,
             operation,
+            pool,
+            error,
         } => {
             text(out, SPAN_NAME, name);
             varint(out, SPAN_KIND, KIND_CLIENT);
             times(out, span);
             attribute(out, SPAN_ATTRIBUTES, "db.system", Value::Text(system));
-            attribute(
-                out,
-                SPAN_ATTRIBUTES,
-                "db.operation.name",
-                Value::Text(operation),
-            );
+            if let Some(operation) = operation {
+                attribute(
+                    out,
+                    SPAN_ATTRIBUTES,
+                    "db.operation.name",
+                    Value::Text(operation),
+                );
+            }
+            if let Some(pool) = pool {
+                attribute(
+                    out,
+                    SPAN_ATTRIBUTES,
+                    "db.client.connection.pool.name",
+                    Value::Text(pool),
+                );
+            }
+            if let Some(error) = error {
+                error_status(out, error);
+            }
         }
     }
     encode_key(SPAN_FLAGS, WireType::ThirtyTwoBit, out);
     out.put_u32_le(flags);
+}
+
+/// A `Status` of code Error with `message`.
+fn error_status(out: &mut Vec<u8>, message: &str) {
+    let status = delimited_len(STATUS_MESSAGE, message.len()) + 2;
+    header(out, SPAN_STATUS, status);
+    text(out, STATUS_MESSAGE, message);
+    varint(out, STATUS_CODE, STATUS_ERROR);
 }
 
 /// The codes the RPC semantic conventions count as server errors (span status Error); the
@@ -306,6 +347,7 @@ mod tests {
             kind: Kind::Call {
                 service: "school.v1.StudentService",
                 method: "AssignCourse",
+                served: true,
                 code,
             },
         }
@@ -348,7 +390,9 @@ mod tests {
             kind: Kind::Database {
                 name: "assign_course",
                 system: "sqlite",
-                operation: "assign_course",
+                operation: Some("assign_course"),
+                pool: None,
+                error: None,
             },
             ..call(Code::Ok, None, None)
         };
@@ -359,6 +403,8 @@ mod tests {
         let [resource_spans] = &request.resource_spans[..] else {
             panic!("one resource: {request:?}")
         };
+        assert_eq!(resource_spans.schema_url, SCHEMA_URL);
+        assert_eq!(resource_spans.scope_spans[0].schema_url, SCHEMA_URL);
         let resource = resource_spans.resource.as_ref().expect("a resource");
         assert_eq!(resource.attributes[0].key, "service.name");
         let [scope_spans] = &resource_spans.scope_spans[..] else {
@@ -404,6 +450,7 @@ mod tests {
         assert_eq!(client.parent_span_id, [0x11; 8]);
         assert_eq!(client.flags, 0x101);
         assert_eq!(client.trace_state, "");
+        assert_eq!(client.status, None);
         assert_eq!(
             attributes(client),
             [
@@ -434,9 +481,54 @@ mod tests {
                 Some(any_value::Value::IntValue(code as i64))
             );
         }
+        // A path the server does not serve: UNIMPLEMENTED is the client's mistake there.
+        let unserved = SpanRecord {
+            kind: Kind::Call {
+                service: "unknown",
+                method: "unknown",
+                served: false,
+                code: Code::Unimplemented,
+            },
+            ..call(Code::Ok, None, None)
+        };
+        let request = decoded(&mut encoder, &[unserved]);
+        assert_eq!(
+            request.resource_spans[0].scope_spans[0].spans[0].status,
+            None
+        );
         // The encoder's buffers are reused: a second request holds only its own spans.
         let again = decoded(&mut encoder, &spans_of(1));
         assert_eq!(again.resource_spans[0].scope_spans[0].spans.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_database_span_has_the_error_status_and_names_its_pool_when_it_has_no_operation() {
+        let mut encoder = Encoder::new(&[], "s", "v");
+        let failed = SpanRecord {
+            kind: Kind::Database {
+                name: "acquire connection",
+                system: "postgresql",
+                operation: None,
+                pool: Some("postgres"),
+                error: Some("the database is unavailable"),
+            },
+            ..call(Code::Ok, None, None)
+        };
+        let request = decoded(&mut encoder, &[failed]);
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        let status = span.status.as_ref().expect("an error status");
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert_eq!(status.message, "the database is unavailable");
+        assert_eq!(
+            attributes(span),
+            [
+                ("db.system".to_owned(), text_value("postgresql")),
+                (
+                    "db.client.connection.pool.name".to_owned(),
+                    text_value("postgres")
+                ),
+            ]
+        );
     }
 
     fn spans_of(count: usize) -> Vec<SpanRecord> {
