@@ -195,6 +195,8 @@ fn register_at_zero() {
     for reason in ["in_use", "busy"] {
         counter!(crate::store::SQLITE_DIRECT_FALLBACKS, "reason" => reason).increment(0);
     }
+    // 0 unless the relay runs and has events waiting (it sets it each round).
+    metrics::gauge!("student_service_events_relay_lag").set(0.0);
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. `refresh` runs before each
