@@ -221,6 +221,7 @@ pub(super) fn parse_title(field: &'static str, sent: &str) -> Result<String, Fie
 /// Free text such as a name or title: trimmed, in NFC, 1..=max characters, something visible,
 /// no control characters. Anything else, quotes and SQL included, is kept verbatim.
 fn parse_text(field: &'static str, sent: &str, max: usize) -> Result<String, FieldViolation> {
+    refuse_surely_too_long(field, sent.trim(), max)?;
     let text = text::display(sent.trim());
     let chars = text.chars().count();
     if chars == 0 {
@@ -247,9 +248,30 @@ fn parse_text(field: &'static str, sent: &str, max: usize) -> Result<String, Fie
     Ok(text)
 }
 
+/// Normalisation takes time in proportion to the text (a megabyte name, under the message limit,
+/// kept a call busy for seconds with the folding repeated until stable), and can shorten text only
+/// by composing: one character from at most four (U+1F8F from Α and three marks). Case changes
+/// never shorten it. So text of more than four times `max` characters as sent is longer than
+/// `max` once stored, and is refused before it is normalised.
+fn refuse_surely_too_long(
+    field: &'static str,
+    sent: &str,
+    max: usize,
+) -> Result<(), FieldViolation> {
+    let chars = sent.chars().count();
+    if chars > 4 * max {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters, got {chars}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A course code: trimmed, normalised and upper-cased (see `text`), then 1 to 32 characters
 /// of that stored form, none of them invisible.
 pub(super) fn parse_code(field: &'static str, sent: &str) -> Result<String, FieldViolation> {
+    refuse_surely_too_long(field, sent.trim(), MAX_CODE_CHARS)?;
     let code = text::code(sent.trim());
     let chars = code.chars().count();
     if chars == 0 || chars > MAX_CODE_CHARS {
@@ -287,6 +309,8 @@ pub(super) fn parse_capacity(field: &'static str, capacity: i32) -> Result<i32, 
 /// A plausible address: `local@domain.tld`, nothing invisible, within the lengths of RFC 5321,
 /// all checked on the stored form (normalised and case-folded, see `text`).
 pub(super) fn parse_email(field: &'static str, sent: &str) -> Result<String, FieldViolation> {
+    // A stored character takes at least one byte.
+    refuse_surely_too_long(field, sent.trim(), MAX_EMAIL_BYTES)?;
     let email = text::fold(sent.trim());
     let invalid = |why: &str| Err(FieldViolation::new(field, why.to_owned()));
     if email.is_empty() {
@@ -324,6 +348,27 @@ mod tests {
             }
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn text_too_long_even_once_composed_is_refused_before_normalising() {
+        let megabyte = "a".repeat(1_000_000);
+        for refused in [
+            parse_name("name", &megabyte),
+            parse_code("code", &megabyte),
+            parse_email("email", &megabyte),
+        ] {
+            let violation = refused.expect_err("too long");
+            assert!(
+                violation.description.ends_with("got 1000000"),
+                "{}",
+                violation.description
+            );
+        }
+        // Four characters as sent compose to one stored (U+1F8F): 800 sent, 200 stored.
+        let composing = "\u{391}\u{314}\u{342}\u{345}".repeat(MAX_NAME_CHARS);
+        let name = parse_name("name", &composing).expect("200 characters once composed");
+        assert_eq!(name.chars().count(), MAX_NAME_CHARS);
     }
 
     #[test]
