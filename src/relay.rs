@@ -161,11 +161,18 @@ const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// Warnings about an unreachable broker repeat at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Relays events until the task is aborted (at shutdown).
-pub async fn relay(store: Store, settings: NatsSettings, mut head: watch::Receiver<i64>) {
+/// Relays events until the task is aborted (at shutdown). The stream, when the relay creates
+/// it, keeps messages for `retention`, as the outbox keeps events.
+pub async fn relay(
+    store: Store,
+    settings: NatsSettings,
+    mut head: watch::Receiver<i64>,
+    retention: Duration,
+) {
     let mut relay = Relay {
         store,
         settings,
+        retention,
         broker: None,
         last_warning: None,
         head: head.clone(),
@@ -190,6 +197,8 @@ pub async fn relay(store: Store, settings: NatsSettings, mut head: watch::Receiv
 struct Relay {
     store: Store,
     settings: NatsSettings,
+    /// The stream's `max_age`.
+    retention: Duration,
     broker: Option<jetstream::Context>,
     last_warning: Option<Instant>,
     /// The newest sequence, for the lag gauge.
@@ -241,7 +250,7 @@ impl Relay {
         if let Some(broker) = &self.broker {
             return Some(broker.clone());
         }
-        match connect(&self.settings).await {
+        match connect(&self.settings, self.retention).await {
             Ok(broker) => {
                 tracing::info!(url = %self.settings.url, stream = %self.settings.stream, "relaying enrollment events to NATS JetStream");
                 self.broker = Some(broker.clone());
@@ -277,7 +286,14 @@ impl Relay {
     }
 }
 
-async fn connect(settings: &NatsSettings) -> Result<jetstream::Context, async_nats::Error> {
+/// Connects, and creates the stream if it is missing: file storage, messages kept for
+/// `retention` (`max_age`), so the stream does not grow without bound. A stream that exists
+/// keeps its own limits (an operator may have sized it); a `max_age` that differs is warned
+/// about.
+async fn connect(
+    settings: &NatsSettings,
+    retention: Duration,
+) -> Result<jetstream::Context, async_nats::Error> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(BROKER_TIMEOUT)
         .connect(settings.url.as_str())
@@ -288,11 +304,22 @@ async fn connect(settings: &NatsSettings) -> Result<jetstream::Context, async_na
         name: settings.stream.clone(),
         subjects: vec![format!("{}.>", settings.subject_prefix)],
         storage: stream::StorageType::File,
+        max_age: retention,
         ..Default::default()
     };
-    tokio::time::timeout(BROKER_TIMEOUT, context.get_or_create_stream(config))
+    let stream = tokio::time::timeout(BROKER_TIMEOUT, context.get_or_create_stream(config))
         .await
         .map_err(|_| "timed out creating the stream")??;
+    let max_age = stream.cached_info().config.max_age;
+    if max_age != retention {
+        tracing::warn!(
+            stream = %settings.stream,
+            ?max_age,
+            events_retention = ?retention,
+            "the JetStream stream keeps messages for another time than --events-retention \
+             (max_age 0 keeps them forever); edit the stream if that is not intended"
+        );
+    }
     Ok(context)
 }
 

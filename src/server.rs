@@ -124,10 +124,11 @@ pub async fn serve(
         settings.events_retention,
         settings.nats.is_some(),
     ));
-    let relay = settings
-        .nats
-        .clone()
-        .map(|nats| tokio::spawn(crate::relay::relay(store.clone(), nats, head_seen.clone())));
+    let relay = settings.nats.clone().map(|nats| {
+        let retention = settings.events_retention;
+        let relay = crate::relay::relay(store.clone(), nats, head_seen.clone(), retention);
+        tokio::spawn(relay)
+    });
 
     let draining = Arc::new(Notify::new());
     let (end_streams, streams_signal) = watch::channel(false);

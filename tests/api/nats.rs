@@ -140,6 +140,14 @@ async fn events_reach_jetstream_in_order_as_cloudevents(backend: Backend) {
         .expect("DeleteStudent");
 
     let messages = stored(&nats, 6).await;
+    // The stream the relay created keeps messages as long as the outbox keeps events.
+    let mut stream = jetstream(&nats.url)
+        .await
+        .get_stream(&nats.stream)
+        .await
+        .expect("the stream");
+    let config = stream.info().await.expect("stream info").config.clone();
+    assert_eq!(config.max_age, ServerSettings::default().events_retention);
 
     assert_eq!(messages.len(), 6, "4 created, 2 deleted by the cascade");
     for (i, message) in messages.iter().enumerate() {
@@ -416,7 +424,7 @@ async fn a_broker_that_stops_answering_holds_the_relay_seconds_not_minutes() {
         let created = courses.create_course(course).await.expect("CreateCourse");
         course_ids.push(created.into_inner().id);
     }
-    let mut new_student = async |n: usize| {
+    let new_student = async |n: usize| {
         let student = pb::CreateStudentRequest {
             name: format!("Student {n}"),
             email: format!("student{n}@example.com"),

@@ -647,10 +647,12 @@ async fn spans_reach_a_collector_that_fails_the_first_exports_and_are_dropped_wh
 /// database span, with status Error: whether the statement broke on a connection the database
 /// dropped, or no connection could be had at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+)]
 async fn a_call_that_fails_because_the_database_is_gone_has_a_database_span_with_error_status() {
-    let Some(backend) = Backend::postgres() else {
-        return;
-    };
+    let backend = Backend::postgres();
     let database = TestDatabase::create(&backend).await;
     let proxy = Proxy::start(postgres_address(&database.url).await).await;
     let url = with_host(&database.url, &proxy.address.to_string());
