@@ -146,6 +146,34 @@ async fn a_second_server_through_another_name_of_the_file_refuses_to_start() {
     assert!(ok, "{output}");
 }
 
+/// Nothing the server creates beside the database follows a symlink planted there: a
+/// `school.db.lock` pointing at another file (what servers before the lock moved onto the
+/// database file itself opened, truncated and filled with their PID) is left alone, and so is
+/// the file it points at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_beside_the_database_is_never_written_through() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("school.db");
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me\n").expect("write");
+    let planted = dir.path().join("school.db.lock");
+    std::os::unix::fs::symlink(&precious, &planted).expect("symlink");
+
+    let server = ServerProcess::start(&format!("sqlite:{}", path.display()), &[]).await;
+    let (mut students, _) = server.clients().await;
+    create_ada(&mut students).await;
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(10)).await.success());
+
+    let contents = std::fs::read_to_string(&precious).expect("read");
+    assert_eq!(
+        contents, "keep me\n",
+        "the file behind the symlink was written"
+    );
+    let link = std::fs::symlink_metadata(&planted).expect("the symlink is still there");
+    assert!(link.file_type().is_symlink());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_sqlite_database_refuses_to_serve_but_verifies() {
     let database = TestDatabase::create(&Backend::Sqlite).await;
