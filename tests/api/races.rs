@@ -218,7 +218,6 @@ async fn concurrent_assignments_each_get_their_own_answer(backend: Backend) {
     app.stop().await;
 }
 
-/// Awaits every spawned task, in order.
 /// DeleteStudent and DeleteCourse cascade through enrollments while AssignCourse and
 /// UnassignCourse change them: every write takes its locks in one order (courses before
 /// enrollments, courses by id), so none waits in a cycle. A deadlock would cost PostgreSQL's
@@ -482,6 +481,7 @@ fn code_of<T>(answer: Result<T, tonic::Status>) -> Code {
     answer.map_or_else(|status| status.code(), |_| Code::Ok)
 }
 
+/// Awaits every spawned task, in order.
 async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let tasks: Vec<_> = tasks.collect();
     let mut results = Vec::with_capacity(tasks.len());
