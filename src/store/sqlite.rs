@@ -3,19 +3,32 @@
 //! A file serves one server process: the write queue and group commit live inside that process,
 //! so a second server on the same file would race the first one's batches (measured: INTERNAL
 //! answers when the other process deleted a row between a batch's INSERT and its SELECT). The
-//! server therefore holds an exclusive lock on `<file>.lock` while it runs (an advisory `flock`,
-//! released by the kernel when the process ends however it ends, so a crash leaves no stale
-//! lock); a second server refuses to start. `migrate` and `verify` take no such lock and run
-//! beside a server, as SQLite itself allows. The lock file is left in place: removing it while
-//! another process opens it would let two processes hold "the" lock on two different files.
+//! server therefore holds an exclusive `flock` on the database file itself while it runs, and a
+//! second server refuses to start. The lock belongs to the file, not to a name: a hard link, a
+//! symlink or a `dir/../` spelling reaches the same lock. (A lock on `<path>.lock`, keyed on the
+//! name, let a second server start through a hard link, with a `-wal` of its own, since SQLite
+//! names that after the path too: within 8 s, 524 calls failed "database disk image is
+//! malformed".) The kernel releases the lock when the process ends however it ends, so a crash
+//! leaves no stale lock; and there is no other file beside the database to be planted or
+//! followed through a symlink.
+//!
+//! Why `flock` cannot disturb SQLite's own locking: SQLite's unix VFS locks the database with
+//! POSIX `fcntl` byte ranges, and Linux keeps `flock` locks apart from those (`unix-flock`, the
+//! one VFS that flocks, is built only for Apple platforms, where a URL naming it would meet this
+//! lock; on NFS, where Linux emulates `flock` with `fcntl`, SQLite is unsafe anyway). What can
+//! disturb it is closing a descriptor: closing
+//! *any* descriptor of a file drops every POSIX lock the process holds on it, SQLite's included,
+//! and another process could then checkpoint and delete the WAL under the server. So the claim's
+//! descriptor is never closed; the process's exit closes it, after the last SQLite connection.
+//! `migrate` and `verify` take no such lock and run beside a server, as SQLite itself allows.
 //!
 //! `sqlite::memory:` is one database for the whole process, in one connection that readers and
 //! the writer share (each connection to `:memory:` would open a database of its own); it lives
 //! as long as the server.
 
 use std::{
-    fs::{File, OpenOptions, TryLockError},
-    io::Write,
+    fs::{File, TryLockError},
+    mem::ManuallyDrop,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -129,15 +142,15 @@ pub(super) async fn open_in_memory(
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
     #[error(
-        "the SQLite database {file} is already served by another student-service process \
-         (it holds {lock}): a SQLite file serves one server process; run replicas on PostgreSQL \
+        "the SQLite database {0} is already served by another student-service process (it holds \
+         the file's lock, reached through this path or another name of the same file: a hard \
+         link, a symlink): a SQLite file serves one server process; run replicas on PostgreSQL \
          (DATABASE_URL=postgres://...), or stop the other server first"
     )]
-    InUse { file: PathBuf, lock: PathBuf },
-    #[error("cannot lock the SQLite database {file} through {lock}: {source}")]
+    InUse(PathBuf),
+    #[error("cannot lock the SQLite database {file}: {source}")]
     Lock {
         file: PathBuf,
-        lock: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -151,10 +164,11 @@ pub enum ClaimError {
 }
 
 /// Held while the server runs: the exclusive lock on the database file (none in memory or on
-/// PostgreSQL).
+/// PostgreSQL). Dropping it does not release the lock: the descriptor stays open until the
+/// process exits (see the module comment).
 #[derive(Debug)]
 pub struct ServingClaim {
-    _lock: Option<File>,
+    _lock: Option<ManuallyDrop<File>>,
 }
 
 impl ServingClaim {
@@ -172,42 +186,27 @@ pub(super) async fn claim(
         tracing::warn!("the database is in memory: everything in it is lost when the server stops");
         return Ok(ServingClaim::none());
     };
-    let lock = lock_file(path)?;
+    let lock = lock_database(path)?;
     check_writable(path, writer).await?;
-    Ok(ServingClaim { _lock: Some(lock) })
+    Ok(ServingClaim {
+        _lock: Some(ManuallyDrop::new(lock)),
+    })
 }
 
-fn lock_file(path: &Path) -> Result<File, ClaimError> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
+/// Takes the exclusive `flock` on the database file, which every name of the file shares.
+fn lock_database(path: &Path) -> Result<File, ClaimError> {
     let failed = |source| ClaimError::Lock {
         file: path.to_path_buf(),
-        lock: lock_path.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(failed)?;
+    // Read-only is enough to lock, and a read-only file gets the clearer refusal of
+    // `check_writable`.
+    let file = File::open(path).map_err(failed)?;
     match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(ClaimError::InUse {
-                file: path.to_path_buf(),
-                lock: lock_path,
-            });
-        }
-        Err(TryLockError::Error(err)) => return Err(failed(err)),
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(ClaimError::InUse(path.to_path_buf())),
+        Err(TryLockError::Error(err)) => Err(failed(err)),
     }
-    // For an operator wondering who holds it; the lock, not the text, is what counts.
-    let pid = format!("{}\n", std::process::id());
-    file.set_len(0)
-        .and_then(|()| file.write_all(pid.as_bytes()))
-        .map_err(failed)?;
-    Ok(file)
 }
 
 /// Writes the header's `user_version` back unchanged inside a transaction that is rolled back:

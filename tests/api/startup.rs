@@ -71,6 +71,109 @@ async fn a_second_server_on_the_same_sqlite_file_refuses_to_start_and_maintenanc
     assert!(again.wait(Duration::from_secs(10)).await.success());
 }
 
+/// Starts a second server on `url` beside a first one. `Ok(output)` when it refused and exited;
+/// `Err` when it was still running after 10 s (it started: killed on drop).
+async fn second_server(url: &str) -> Result<String, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .env("DATABASE_URL", url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), output).await {
+        Ok(output) => {
+            let output = output.expect("run student-service");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if output.status.success() {
+                Err(format!("it ran and exited 0: {text}"))
+            } else {
+                Ok(text)
+            }
+        }
+        Err(_) => Err("it was still serving after 10 s".to_owned()),
+    }
+}
+
+/// The lock is on the file, not on the name it was reached by: a hard link (which has no name
+/// in common with the file), a symlink and a `..` spelling all reach the served file, and each
+/// second server refuses before it migrates or serves. Through a hard link two servers used to
+/// run side by side, each with a WAL of its own, and corrupted the file within seconds; through
+/// a symlink both ran too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_through_another_name_of_the_file_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("school.db");
+    let first = ServerProcess::start(&format!("sqlite:{}", path.display()), &[]).await;
+    std::fs::create_dir(dir.path().join("elsewhere")).expect("mkdir");
+    let hard_link = dir.path().join("elsewhere/hard-link.db");
+    std::fs::hard_link(&path, &hard_link).expect("hard link");
+    let symlink = dir.path().join("symlink.db");
+    std::os::unix::fs::symlink(&path, &symlink).expect("symlink");
+    let dotted = dir.path().join("elsewhere/../school.db");
+
+    let mut started = Vec::new();
+    for name in [&hard_link, &symlink, &dotted] {
+        match second_server(&format!("sqlite:{}", name.display())).await {
+            Ok(output) => assert!(
+                output.contains(&format!(
+                    "the SQLite database {} is already served by another student-service process",
+                    name.display()
+                )) && output.contains("run replicas on PostgreSQL"),
+                "{}: {output}",
+                name.display()
+            ),
+            Err(why) => started.push(format!("{}: {why}", name.display())),
+        }
+    }
+
+    assert!(started.is_empty(), "second servers started: {started:#?}");
+    let (mut students, _) = first.clients().await;
+    create_ada(&mut students).await; // the first server still serves
+    first.terminate();
+    assert!(first.wait(Duration::from_secs(10)).await.success());
+    let (ok, output) = run(
+        &[
+            "verify",
+            "--database-url",
+            &format!("sqlite:{}", path.display()),
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{output}");
+}
+
+/// Nothing the server creates beside the database follows a symlink planted there: a
+/// `school.db.lock` pointing at another file (what servers before the lock moved onto the
+/// database file itself opened, truncated and filled with their PID) is left alone, and so is
+/// the file it points at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_beside_the_database_is_never_written_through() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("school.db");
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me\n").expect("write");
+    let planted = dir.path().join("school.db.lock");
+    std::os::unix::fs::symlink(&precious, &planted).expect("symlink");
+
+    let server = ServerProcess::start(&format!("sqlite:{}", path.display()), &[]).await;
+    let (mut students, _) = server.clients().await;
+    create_ada(&mut students).await;
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(10)).await.success());
+
+    let contents = std::fs::read_to_string(&precious).expect("read");
+    assert_eq!(
+        contents, "keep me\n",
+        "the file behind the symlink was written"
+    );
+    let link = std::fs::symlink_metadata(&planted).expect("the symlink is still there");
+    assert!(link.file_type().is_symlink());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_sqlite_database_refuses_to_serve_but_verifies() {
     let database = TestDatabase::create(&Backend::Sqlite).await;
