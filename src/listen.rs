@@ -139,6 +139,12 @@ pub fn grpc_incoming(
                             .await;
                         return;
                     }
+                    // Closed before the handshake: a TCP health check, a port scan. Not worth a
+                    // warning, and it would use up the one that a real failure may need.
+                    Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%peer, "connection closed during the TLS handshake");
+                        return;
+                    }
                     Ok(Err(err)) => err.to_string(),
                     Err(_) => format!("not finished within {timeout:?}"),
                 };

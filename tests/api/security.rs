@@ -803,3 +803,148 @@ async fn the_binary_takes_everything_from_the_environment_and_logs_callers_not_t
         "a token was logged:\n{log}"
     );
 }
+
+/// A client certificate without X.509 v3 extensions (what `openssl x509 -req` makes without an
+/// extfile) fails the handshake, and the client sees only a broken connection: the server says
+/// why in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_handshake_is_logged_with_its_reason() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (Debian package openssl) runs");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "plain-ca.key",
+                "-out",
+                "plain-ca.pem",
+                "-subj",
+                "/CN=plain CA",
+                "-days",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "plain.key",
+                "-out",
+                "plain.csr",
+                "-subj",
+                "/CN=plain client",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "plain.csr",
+        "-CA",
+        "plain-ca.pem",
+        "-CAkey",
+        "plain-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "plain.pem",
+        "-days",
+        "2",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("an openssl output");
+    let plain = Pair {
+        cert: read("plain.pem"),
+        key: read("plain.key"),
+    };
+    assert!(!plain.key.is_empty());
+
+    let database = TestDatabase::create(&Backend::Sqlite).await;
+    let address = crate::process::free_address();
+    let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .env("DATABASE_URL", &database.url)
+        .env("LISTEN_ADDR", address.to_string())
+        .env("TLS_CERT", pki.write("server.pem", &pki.server.cert))
+        .env("TLS_KEY", pki.write("server.key", &pki.server.key))
+        .env("TLS_CLIENT_CA", dir.join("plain-ca.pem"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start student-service");
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // tonic's client will not even present such a certificate: openssl's will.
+    pki.write("plain-client.pem", &plain.cert);
+    let ca = pki.write("trusted-ca.pem", &pki.ca);
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-connect", &address.to_string(), "-alpn", "h2"])
+        .args(["-cert", "plain-client.pem", "-key", "plain.key", "-CAfile"])
+        .arg(&ca)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client runs");
+    // With TLS 1.3 the client has finished its side before the server checks its certificate:
+    // s_client, its input kept open, waits until the server's alert ends it. (Closed at once, the
+    // server would only see the connection end.)
+    let started = std::time::Instant::now();
+    while client.try_wait().expect("s_client").is_none() && started.elapsed() < CALL_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client.stdin.take());
+    client.wait().expect("s_client ends");
+
+    let pid = server.id().expect("the server runs").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let output = tokio::time::timeout(Duration::from_secs(15), server.wait_with_output())
+        .await
+        .expect("the server exits")
+        .expect("its output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let line = log
+        .lines()
+        .find(|line| line.contains("TLS handshake failed"))
+        .unwrap_or_else(|| panic!("no handshake failure in the log:\n{log}"));
+    assert!(
+        line.contains("UnsupportedCertVersion"),
+        "the reason is given: {line}"
+    );
+    assert!(line.contains("127.0.0.1"), "the peer is named: {line}");
+    eprintln!("{line}");
+}
