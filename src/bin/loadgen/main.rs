@@ -9,6 +9,7 @@ mod drive;
 mod report;
 mod rush;
 mod seed;
+mod watchers;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -90,6 +91,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rush_wanted: usize,
 
+    /// Event watchers that replay the whole feed from the start, again and again, while the
+    /// RPCs are measured (see `watchers.rs`); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+
     /// PID of the server, to report its peak resident memory (VmHWM) after the run.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -157,6 +163,10 @@ async fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         args.students, args.courses_per_student, args.courses, args.assign_courses
     );
     let data = std::sync::Arc::new(seed::seed(&channels, args).await?);
+    let watchers = match args.watchers {
+        0 => None,
+        count => Some(watchers::Watchers::start(&args.target[0], count).await?),
+    };
     let mut results = Vec::new();
     for &rpc in &args.rpc {
         let result = drive::drive(rpc, &channels, &data, args).await;
@@ -164,6 +174,9 @@ async fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         results.push(result);
     }
     print!("{}", report::table(&results, args));
+    if let Some(watchers) = watchers {
+        println!("{}", watchers.stop().await);
+    }
     if let Some(pid) = args.server_pid {
         match report::peak_rss(pid) {
             Some(kib) => println!("server peak RSS (VmHWM): {:.1} MiB", kib as f64 / 1024.0),
