@@ -3,9 +3,9 @@
 
 The first ```sh block of README.md holds them: the first line runs the service, the second the
 tests. The service command runs until the server answers a gRPC health check on the address
-the README names (localhost:50051), then it is stopped with SIGTERM and must exit cleanly; the
-test command must pass. Each line is run by the shell as written (its `# ...` comment is shell
-syntax too). Whatever the service wrote to the working tree (its database file) is removed.
+the README names (localhost:50051), then the server is sent SIGTERM and the command must exit
+cleanly; the test command must pass. Each line is run by the shell as written (its `# ...`
+comment is shell syntax too). Whatever the service wrote to the working tree (its database file) is removed.
 
 usage: front_door.py
 """
@@ -56,7 +56,16 @@ def run_service(command):
                 sys.exit(f"`{command}` did not answer a health check on {ADDRESS} in time")
             time.sleep(1)
         print(f"front door: the service answers Health/Check SERVING on {ADDRESS}", flush=True)
-        os.killpg(service.pid, signal.SIGTERM)
+        # SIGTERM goes to the server alone, as an orchestrator sends it; the shell and cargo
+        # above it pass its exit status on (signalled themselves, they would die of it).
+        server = subprocess.run(
+            ["pgrep", "-s", str(service.pid), "-x", "student-service"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if len(server) != 1:
+            sys.exit(f"expected one student-service process under `{command}`, found {server}")
+        os.kill(int(server[0]), signal.SIGTERM)
         code = service.wait(timeout=60)
         if code != 0:
             sys.exit(f"`{command}` exited with {code} after SIGTERM, not 0")
