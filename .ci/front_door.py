@@ -88,6 +88,15 @@ def run_tests(command):
     ignored = re.findall(r"test result: .*?; (\d+) ignored", tests.stdout)
     if not ignored or any(count != "0" for count in ignored):
         sys.exit(f"`{command}` ignored tests in CI, where everything they need runs: {ignored}")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
+        counts = re.search(
+            r"runs (\d+) tests on SQLite alone\. The (\d+) that need PostgreSQL", readme.read()
+        )
+    if counts is None:
+        sys.exit("README.md no longer says how many tests run on SQLite alone and with PostgreSQL")
+    passed = sum(int(count) for count in re.findall(r"test result: ok\. (\d+) passed", tests.stdout))
+    if passed != int(counts.group(1)) + int(counts.group(2)):
+        sys.exit(f"README.md counts {counts.group(1)} + {counts.group(2)} tests, {passed} ran")
 
 
 def main():
