@@ -47,7 +47,7 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, Subcommand)]
 pub enum Command {
     /// Apply pending database migrations, print what was applied, and exit.
     Migrate,

@@ -6,9 +6,11 @@
 //! `api::status`, the only place that knows the mapping.
 
 pub mod api;
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod error;
+mod health;
 pub mod listen;
 pub mod relay;
 pub mod security;

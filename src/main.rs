@@ -1,15 +1,15 @@
-use std::{error::Error, net::SocketAddr, process::ExitCode, time::Duration};
+use std::{error::Error, process::ExitCode};
 
 use clap::Parser;
 use student_service::{
+    app::{self, AppSettings},
     config::{Cli, Command, ServeArgs},
     relay::{InvalidNatsSetting, NatsSettings},
     security::Security,
-    server::{self, ServerSettings},
+    server::ServerSettings,
     store::{self, Store},
     telemetry,
 };
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,23 +28,54 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
+    match cli.command {
+        None => serve(&cli).await,
+        Some(command) => maintain(command, &cli).await,
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C (see `app` for what starts and stops, in order).
+async fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
     // Certificates, tokens and the NATS settings first: a bad one fails the start before the
     // database is touched.
-    let (security, nats) = match cli.command {
-        None => (
-            Security::load(&cli.serve.security)?,
-            nats_settings(&cli.serve)?,
-        ),
-        Some(_) => (Security::default(), None),
+    let security = Security::load(&cli.serve.security)?;
+    let nats = nats_settings(&cli.serve)?;
+    raise_open_files_limit();
+    let settings = AppSettings {
+        database_url: cli.database_url.clone(),
+        pool: cli.pool_settings(),
+        listen: cli.serve.listen,
+        metrics_listen: cli.serve.metrics_listen,
+        server: ServerSettings {
+            health_interval: cli.serve.health_interval,
+            drain_timeout: cli.serve.drain_timeout,
+            request_timeout: cli.serve.request_timeout,
+            max_in_flight: cli.serve.max_in_flight as usize,
+            max_concurrent_streams: cli.serve.max_concurrent_streams,
+            handshake_timeout: cli.serve.handshake_timeout,
+            watch_heartbeat: cli.serve.watch_heartbeat,
+            events_retention: cli.serve.events_retention,
+            nats,
+            security,
+        },
     };
-    let (url, pool) = (&cli.database_url, &cli.pool_settings());
-    let store = match cli.command {
-        None => Store::connect(url, pool).await?,
-        Some(_) => Store::connect_existing(url, pool).await?,
-    };
+    let running = app::start(settings).await?;
+    let stop = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    running.join().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `migrate` or `verify`, on a database that must exist.
+async fn maintain(command: Command, cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
+    let url = &cli.database_url;
+    let store = Store::connect_existing(url, &cli.pool_settings()).await?;
     let database = store::redact(url);
-    match cli.command {
-        Some(Command::Migrate) => {
+    match command {
+        Command::Migrate => {
             let applied = store.migrate().await?;
             if applied.is_empty() {
                 println!("{database}: up to date, nothing to apply");
@@ -57,7 +88,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Verify) => {
+        Command::Verify => {
             let violations = store.verify().await?;
             for violation in &violations {
                 println!("{database}: VIOLATION {violation}");
@@ -69,56 +100,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
                 println!("{database}: {} violation(s)", violations.len());
                 Ok(ExitCode::FAILURE)
             }
-        }
-        None => {
-            raise_open_files_limit();
-            // Before migrating: a second server on a SQLite file stops here, untouched.
-            let _claim = store.claim_for_serving().await?;
-            for migration in store.migrate().await? {
-                tracing::info!(
-                    version = migration.version,
-                    description = migration.description,
-                    "migration applied"
-                );
-            }
-            if let Some(address) = cli.serve.metrics_listen {
-                serve_metrics(address, store.clone(), cli.serve.handshake_timeout).await?;
-            }
-            let listener = TcpListener::bind(cli.serve.listen).await?;
-            let args = &cli.serve.security;
-            let transport = match (&args.tls_cert, &args.tls_client_ca) {
-                (None, _) => "plaintext",
-                (Some(_), None) => "TLS",
-                (Some(_), Some(_)) => "mutual TLS",
-            };
-            let tokens = security.tokens.as_ref().map(|tokens| tokens.len());
-            tracing::info!(
-                address = %listener.local_addr()?,
-                database,
-                transport,
-                tokens,
-                auth_reflection = security.auth_reflection,
-                "listening"
-            );
-            if tokens.is_some() && security.tls.is_none() {
-                tracing::warn!(
-                    "bearer tokens over plaintext can be read off the network: add --tls-cert and --tls-key"
-                );
-            }
-            let settings = ServerSettings {
-                health_interval: cli.serve.health_interval,
-                drain_timeout: cli.serve.drain_timeout,
-                request_timeout: cli.serve.request_timeout,
-                max_in_flight: cli.serve.max_in_flight as usize,
-                max_concurrent_streams: cli.serve.max_concurrent_streams,
-                handshake_timeout: cli.serve.handshake_timeout,
-                watch_heartbeat: cli.serve.watch_heartbeat,
-                events_retention: cli.serve.events_retention,
-                nats,
-                security,
-            };
-            server::serve(listener, store, settings, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -133,27 +114,6 @@ fn nats_settings(serve: &ServeArgs) -> Result<Option<NatsSettings>, InvalidNatsS
         )
     };
     serve.events_nats_url.as_ref().map(settings).transpose()
-}
-
-/// Installs the metrics recorder and serves `/metrics` on `address` for as long as the process
-/// runs; the pool gauges are read at each scrape.
-async fn serve_metrics(
-    address: SocketAddr,
-    store: Store,
-    header_timeout: Duration,
-) -> Result<(), Box<dyn Error>> {
-    let handle =
-        telemetry::metrics::install(env!("CARGO_PKG_VERSION"), env!("STUDENT_SERVICE_COMMIT"))?;
-    let listener = TcpListener::bind(address).await?;
-    tracing::info!(address = %listener.local_addr()?, "metrics at GET /metrics");
-    let refresh = move || store.record_pool_gauges();
-    tokio::spawn(telemetry::metrics::serve(
-        listener,
-        handle,
-        refresh,
-        header_timeout,
-    ));
-    Ok(())
 }
 
 /// Each connection is a file descriptor: the soft limit (often 1,024) would cap the connections

@@ -1,14 +1,10 @@
-//! The gRPC server: our two services, health and reflection on one port, until shutdown.
+//! The gRPC server: our three services, health and reflection on one port, until shutdown.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use tokio::{
-    net::TcpListener,
-    sync::{Notify, watch},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::watch};
 use tonic::{service::interceptor::InterceptedService, transport::Server};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::{
     api::{
@@ -25,16 +21,8 @@ use crate::{
     listen::grpc_incoming,
     relay::NatsSettings,
     security::{RequireToken, Security},
-    store::{Readiness, Store},
+    store::Store,
 };
-
-/// The names health reports on: the whole server and each of our services.
-const HEALTH_NAMES: [&str; 4] = [
-    "",
-    "school.v1.StudentService",
-    "school.v1.CourseService",
-    "school.v1.EnrollmentEventService",
-];
 
 /// The largest request message our services decode (tonic's default is 4 MiB). A valid request is
 /// a few hundred bytes (200-character names, 254-byte emails); anything bigger is refused with
@@ -96,59 +84,19 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` completes, then: health turns NOT_SERVING, the server
-/// stops accepting, in-flight calls finish (for at most the drain timeout), and the pool closes.
-pub async fn serve(
+/// Serves our services, health and reflection on `listener` until `stop_accepting` completes, then
+/// until the calls in flight have finished. Health is reported through `health`'s reporter and
+/// streams end when `end_streams` turns true; what runs beside the server, and the order in which
+/// it all stops, is the composition root's (`app`).
+pub(crate) async fn serve<H: Health>(
     listener: TcpListener,
     store: Store,
-    settings: ServerSettings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    settings: &ServerSettings,
+    health: HealthServer<H>,
+    head: watch::Receiver<i64>,
+    end_streams: watch::Receiver<bool>,
+    stop_accepting: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::Serving).await;
-    let probe = tokio::spawn(probe_database(
-        store.clone(),
-        reporter.clone(),
-        settings.health_interval,
-    ));
-
-    let (head, head_seen) = watch::channel(0);
-    let follower = tokio::spawn(crate::store::follow_head(
-        store.clone(),
-        head,
-        head_poll_interval(&store),
-    ));
-
-    let retention = tokio::spawn(crate::store::retain_events(
-        store.clone(),
-        settings.events_retention,
-        settings.nats.is_some(),
-    ));
-    let relay = settings.nats.clone().map(|nats| {
-        let retention = settings.events_retention;
-        let relay = crate::relay::relay(store.clone(), nats, head_seen.clone(), retention);
-        tokio::spawn(relay)
-    });
-
-    let draining = Arc::new(Notify::new());
-    let (end_streams, streams_signal) = watch::channel(false);
-    let stop_accepting = {
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
-            stop_probe(probe).await;
-            set_health(&reporter, ServingStatus::NotServing).await;
-            end_streams.send_replace(true);
-            stop_probe(follower).await;
-            stop_probe(retention).await;
-            if let Some(relay) = relay {
-                stop_probe(relay).await;
-            }
-            draining.notify_one();
-        }
-    };
-
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -158,14 +106,14 @@ pub async fn serve(
     };
     // Our services require a token when there are tokens; reflection only if asked to (it lets
     // grpcurl discover the API); health never (load balancers and Kubernetes probe it bare).
-    let security = settings.security;
+    let security = &settings.security;
     let authenticate = RequireToken::new(security.tokens.clone());
     let authenticate_reflection = if security.auth_reflection {
         authenticate.clone()
     } else {
         RequireToken::default()
     };
-    let server = Server::builder()
+    Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
@@ -188,16 +136,16 @@ pub async fn serve(
         .add_service(EndOnShutdown::new(
             InterceptedService::new(
                 EnrollmentEventServiceServer::new(EventApi::new(
-                    store.clone(),
-                    head_seen,
+                    store,
+                    head,
                     settings.watch_heartbeat,
                 ))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 authenticate,
             ),
-            streams_signal.clone(),
+            end_streams.clone(),
         ))
-        .add_service(EndOnShutdown::new(health_service, streams_signal))
+        .add_service(EndOnShutdown::new(health, end_streams))
         .add_service(InterceptedService::new(
             reflection().build_v1()?,
             authenticate_reflection.clone(),
@@ -207,25 +155,10 @@ pub async fn serve(
             authenticate_reflection,
         ))
         .serve_with_incoming_shutdown(
-            grpc_incoming(listener, security.tls, settings.handshake_timeout),
+            grpc_incoming(listener, security.tls.clone(), settings.handshake_timeout),
             stop_accepting,
-        );
-
-    tokio::select! {
-        served = server => served?,
-        () = async {
-            draining.notified().await;
-            tokio::time::sleep(settings.drain_timeout).await;
-        } => tracing::warn!(timeout = ?settings.drain_timeout, "drain timeout passed; abandoning calls still in flight"),
-    }
-    // Calls abandoned by the drain timeout may still hold connections; do not wait for them.
-    if tokio::time::timeout(Duration::from_secs(1), store.close())
-        .await
-        .is_err()
-    {
-        tracing::warn!("database pool did not close in time");
-    }
-    tracing::info!("stopped");
+        )
+        .await?;
     Ok(())
 }
 
@@ -254,63 +187,4 @@ fn error_detail_descriptors() -> prost_types::FileDescriptorSet {
         }
     }
     set
-}
-
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    let serving = if status == ServingStatus::Serving {
-        1.0
-    } else {
-        0.0
-    };
-    for name in HEALTH_NAMES {
-        reporter.set_service_status(name, status).await;
-        metrics::gauge!("student_service_health_status", "service" => name).set(serving);
-    }
-}
-
-/// How often the server looks for new events to wake its watchers: within the 100 ms an event
-/// may take to reach a watcher on SQLite; on PostgreSQL this also paces the sequencer.
-fn head_poll_interval(store: &Store) -> Duration {
-    match store {
-        Store::Sqlite { .. } => Duration::from_millis(20),
-        Store::Postgres(_) => Duration::from_millis(100),
-    }
-}
-
-async fn stop_probe(probe: JoinHandle<()>) {
-    probe.abort();
-    let _ = probe.await;
-}
-
-/// Asks the database every `interval`, on the probe's own connection; health follows its
-/// answer: NOT_SERVING while it is unreachable or refuses writes, SERVING again once it is back.
-async fn probe_database(store: Store, reporter: HealthReporter, interval: Duration) {
-    let mut probe = store.probe();
-    let mut last = Readiness::Ready;
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let readiness = probe.check(interval).await;
-        if readiness == last {
-            continue;
-        }
-        last = readiness;
-        match readiness {
-            Readiness::Ready => {
-                tracing::info!("database reachable and writable again: health SERVING");
-                set_health(&reporter, ServingStatus::Serving).await;
-            }
-            Readiness::ReadOnly => {
-                tracing::warn!(
-                    "database refuses writes (a standby, or read-only transactions): health NOT_SERVING"
-                );
-                set_health(&reporter, ServingStatus::NotServing).await;
-            }
-            Readiness::Unreachable => {
-                tracing::warn!("database unreachable: health NOT_SERVING");
-                set_health(&reporter, ServingStatus::NotServing).await;
-            }
-        }
-    }
 }

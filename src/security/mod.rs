@@ -21,6 +21,8 @@ pub struct Security {
     pub tokens: Option<Arc<Tokens>>,
     /// Whether reflection requires a token too. Health never does.
     pub auth_reflection: bool,
+    /// Whether TLS asks clients for a certificate.
+    mutual: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,16 @@ impl Security {
             tls,
             tokens,
             auth_reflection: args.auth_reflection,
+            mutual: args.tls_client_ca.is_some(),
         })
+    }
+
+    /// How connections are secured, for the log: `plaintext`, `TLS` or `mutual TLS`.
+    pub fn transport(&self) -> &'static str {
+        match (&self.tls, self.mutual) {
+            (None, _) => "plaintext",
+            (Some(_), false) => "TLS",
+            (Some(_), true) => "mutual TLS",
+        }
     }
 }

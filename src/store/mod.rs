@@ -260,6 +260,15 @@ impl Store {
         }
     }
 
+    /// How often the server looks for new events to wake its watchers: within the 100 ms an
+    /// event may take to reach a watcher on SQLite; on PostgreSQL this also paces the sequencer.
+    pub fn head_poll_interval(&self) -> Duration {
+        match self {
+            Store::Sqlite { .. } => Duration::from_millis(20),
+            Store::Postgres(_) => Duration::from_millis(100),
+        }
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         with_reader!(self, "ping", pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))

@@ -19,7 +19,9 @@
 //! disturb it is closing a descriptor: closing
 //! *any* descriptor of a file drops every POSIX lock the process holds on it, SQLite's included,
 //! and another process could then checkpoint and delete the WAL under the server. So the claim's
-//! descriptor is never closed; the process's exit closes it, after the last SQLite connection.
+//! descriptor is closed only after the server's last SQLite connection: by the composition root
+//! once the store is closed (so a test can start a server on the same file again), or by the
+//! process's exit.
 //! `migrate` and `verify` take no such lock and run beside a server, as SQLite itself allows.
 //!
 //! `sqlite::memory:` is one database for the whole process, in one connection that readers and
@@ -165,7 +167,7 @@ pub enum ClaimError {
 
 /// Held while the server runs: the exclusive lock on the database file (none in memory or on
 /// PostgreSQL). Dropping it does not release the lock: the descriptor stays open until the
-/// process exits (see the module comment).
+/// process exits (see the module comment) or [`ServingClaim::release`] closes it.
 #[derive(Debug)]
 pub struct ServingClaim {
     _lock: Option<ManuallyDrop<File>>,
@@ -174,6 +176,15 @@ pub struct ServingClaim {
 impl ServingClaim {
     pub(super) fn none() -> ServingClaim {
         ServingClaim { _lock: None }
+    }
+
+    /// Gives the file up, for another server to take: call only once every connection this
+    /// server had to it is closed (closing the descriptor drops this process's POSIX locks on
+    /// the file, which SQLite's connections rely on while they are open).
+    pub fn release(self) {
+        if let Some(lock) = self._lock {
+            drop(ManuallyDrop::into_inner(lock));
+        }
     }
 }
 

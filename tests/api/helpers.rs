@@ -18,10 +18,10 @@ use student_service::{
         self, course_service_client::CourseServiceClient,
         student_service_client::StudentServiceClient,
     },
-    server::{self, ServerSettings},
+    app::{self, AppSettings, Running},
+    server::ServerSettings,
     store::{PoolSettings, Store},
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
@@ -227,9 +227,30 @@ pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
     /// A connection of the test's own, to check what the database holds.
     pub(crate) store: Store,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    running: Option<Running>,
     pub(crate) database: TestDatabase,
+}
+
+/// Starts the server on 127.0.0.1:0 over `url` the way `main` does (`app::start`: claim,
+/// migrate, serve, with every background task), without metrics (one recorder per process).
+pub(crate) async fn start_app(url: &str, server: ServerSettings, pool: PoolSettings) -> Running {
+    let settings = AppSettings {
+        database_url: url.to_owned(),
+        pool,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_listen: None,
+        server,
+    };
+    app::start(settings).await.expect("the server starts")
+}
+
+/// Shuts `running` down as SIGTERM does and waits until it has stopped.
+pub(crate) async fn stop_app(running: Running) {
+    running.shutdown();
+    tokio::time::timeout(Duration::from_secs(15), running.join())
+        .await
+        .expect("server stops within the drain timeout")
+        .expect("server ran and stopped cleanly");
 }
 
 impl TestApp {
@@ -281,19 +302,8 @@ impl TestApp {
         settings: ServerSettings,
         pool: PoolSettings,
     ) -> TestApp {
-        let store = Store::connect(server_url, &pool).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop.await;
-            };
-            server::serve(listener, store, settings, stop)
-                .await
-                .expect("server ran");
-        });
+        let running = start_app(server_url, settings, pool).await;
+        let address = running.address();
         let channel = Channel::from_shared(format!("http://{address}"))
             .expect("uri")
             .connect()
@@ -309,8 +319,7 @@ impl TestApp {
             channel,
             address,
             store: check_store,
-            shutdown: Some(shutdown),
-            server: Some(server),
+            running: Some(running),
             database,
         }
     }
@@ -324,14 +333,8 @@ impl TestApp {
     }
 
     pub(crate) async fn shutdown_server(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(Duration::from_secs(15), server)
-                .await
-                .expect("server stops within the drain timeout")
-                .expect("server task did not panic");
+        if let Some(running) = self.running.take() {
+            stop_app(running).await;
         }
     }
 

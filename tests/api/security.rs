@@ -18,12 +18,11 @@ use student_service::{
         self, course_service_client::CourseServiceClient,
         student_service_client::StudentServiceClient,
     },
+    app::Running,
     config::SecurityArgs,
     security::{Security, SecurityError},
-    server::{self, ServerSettings},
-    store::Store,
+    server::ServerSettings,
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::StreamExt;
 use tonic::{
     Code, Request, Status,
@@ -34,7 +33,7 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{Backend, TestDatabase, assert_error, pool_settings};
+use crate::helpers::{Backend, TestDatabase, assert_error, pool_settings, start_app, stop_app};
 
 const ADA_TOKEN: &str = "ada-token-5f3a9c2e8b71d4";
 const CI_TOKEN: &str = "ci-token-0d6e2b94f1a7c3";
@@ -142,8 +141,7 @@ impl Pki {
 /// The real server with `security`, on 127.0.0.1:0 over a fresh SQLite database.
 struct SecureServer {
     address: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    running: Running,
     _database: TestDatabase,
 }
 
@@ -151,29 +149,14 @@ impl SecureServer {
     async fn start(args: &SecurityArgs) -> SecureServer {
         let security = Security::load(args).expect("the security settings load");
         let database = TestDatabase::create(&Backend::Sqlite).await;
-        let store = Store::connect(&database.url, &pool_settings())
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let (shutdown, stop) = oneshot::channel::<()>();
         let settings = ServerSettings {
             security,
             ..ServerSettings::default()
         };
-        let task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop.await;
-            };
-            server::serve(listener, store, settings, stop)
-                .await
-                .expect("server ran");
-        });
+        let running = start_app(&database.url, settings, pool_settings()).await;
         SecureServer {
-            address,
-            shutdown: Some(shutdown),
-            task: Some(task),
+            address: running.address(),
+            running,
             _database: database,
         }
     }
@@ -204,16 +187,8 @@ impl SecureServer {
             .connect_lazy()
     }
 
-    async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("server stops")
-                .expect("server task did not panic");
-        }
+    async fn stop(self) {
+        stop_app(self.running).await;
     }
 }
 
