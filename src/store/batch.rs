@@ -20,6 +20,7 @@
 //! rolled back, releasing every lock, and started over. If the reasons read after a refusal no
 //! longer hold (a seat was freed meanwhile), the batch is tried again as well.
 
+use super::Backend;
 use std::collections::HashMap;
 
 use sqlx::{Connection, PgConnection, SqliteConnection};
@@ -79,14 +80,14 @@ impl Store {
         let mut courses = batch.course_ids.clone();
         courses.sort_unstable();
         let student = batch.student_id;
-        let enrolled = match self {
-            Store::Sqlite { writer, .. } => {
+        let enrolled = match &self.0 {
+            Backend::Sqlite { writer, .. } => {
                 let mut connection = observe::acquire(writer, observe::SQLITE_WRITER).await?;
                 let writer = Writer::Sqlite(&mut connection);
                 let work = run(writer, student, &courses, now);
                 observe::statement(observe::SQLITE_SYSTEM, "batch_assign_courses", work).await
             }
-            Store::Postgres(pool) => {
+            Backend::Postgres(pool) => {
                 let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
                 let writer = Writer::Postgres(&mut connection);
                 let work = run(writer, student, &courses, now);

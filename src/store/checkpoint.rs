@@ -22,7 +22,7 @@ pub(super) const BACKSTOP_PAGES: &str = "10000";
 /// The background task; it stops when the last store clone holding this is dropped, or at its
 /// next tick after the pool is closed.
 #[derive(Debug)]
-pub struct Checkpointer(AbortHandle);
+pub(crate) struct Checkpointer(AbortHandle);
 
 impl Checkpointer {
     pub(super) fn start(pool: SqlitePool) -> Checkpointer {

@@ -1,3 +1,4 @@
+use super::Backend;
 use super::{
     Store, errors::is_unique_violation, first_row, observe, sqlite_direct, with_reader, with_writer,
 };
@@ -182,10 +183,10 @@ impl Store {
         student_id: i64,
         page: &PageRequest,
     ) -> Result<Option<Vec<Course>>> {
-        let Store::Sqlite {
+        let Backend::Sqlite {
             direct: Some(direct),
             ..
-        } = self
+        } = &self.0
         else {
             return Ok(None);
         };

@@ -1,3 +1,4 @@
+use super::Backend;
 use super::{
     Connections, Store,
     errors::{is_course_full, is_foreign_key_violation},
@@ -55,9 +56,9 @@ pub(super) fn after_insert(
 impl Store {
     /// Enrolls the student; returns the enrollment and whether this call created it.
     pub async fn assign(&self, pair: StudentCourse, now: i64) -> Result<(Enrollment, bool)> {
-        let assigned = match self {
-            Store::Sqlite { assigner, .. } => assigner.assign(pair, now).await?,
-            Store::Postgres(pool) => assign_on_postgres(pool, pair, now).await?,
+        let assigned = match &self.0 {
+            Backend::Sqlite { assigner, .. } => assigner.assign(pair, now).await?,
+            Backend::Postgres(pool) => assign_on_postgres(pool, pair, now).await?,
         };
         let enrollment = |enroll_time| Enrollment {
             student_id: pair.student_id,
@@ -97,9 +98,9 @@ impl Store {
 
     /// Removes the enrollment; the seat trigger frees the seat in the same statement.
     pub async fn unassign(&self, pair: StudentCourse) -> Result<()> {
-        let delete = match self {
-            Store::Sqlite { .. } => DELETE,
-            Store::Postgres(_) => DELETE_AFTER_LOCKING_COURSE,
+        let delete = match &self.0 {
+            Backend::Sqlite { .. } => DELETE,
+            Backend::Postgres(_) => DELETE_AFTER_LOCKING_COURSE,
         };
         let deleted = with_writer!(self, "unassign_course", pool => sqlx::query(delete)
             .bind(pair.student_id)

@@ -7,6 +7,7 @@
 //! its own; when that replica dies its session ends, the lock is free, and another takes over at
 //! its next tick.
 
+use super::Backend;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -182,9 +183,9 @@ impl Store {
 
     /// The newest sequence handed out (0 before the first event).
     pub async fn event_head(&self) -> Result<i64> {
-        let head = match self {
-            Store::Sqlite { .. } => HEAD_SQLITE,
-            Store::Postgres(_) => HEAD_POSTGRES,
+        let head = match &self.0 {
+            Backend::Sqlite { .. } => HEAD_SQLITE,
+            Backend::Postgres(_) => HEAD_POSTGRES,
         };
         Ok(
             with_reader!(self, "watch_events", pool => sqlx::query_scalar(head).fetch_one(pool).await)?,
@@ -286,7 +287,7 @@ pub async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Durat
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if matches!(store, Store::Postgres(_)) {
+        if matches!(store.0, Backend::Postgres(_)) {
             sequencer.run(&store).await;
         }
         match store.event_head().await {
@@ -334,7 +335,7 @@ impl Leadership {
 
     /// Whether this replica holds the job now, claiming it if no replica does.
     pub async fn hold(&mut self, store: &Store) -> bool {
-        let Store::Postgres(pool) = store else {
+        let Backend::Postgres(pool) = &store.0 else {
             return true;
         };
         if self.holds {

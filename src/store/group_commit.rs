@@ -51,7 +51,7 @@ const ABANDONED: u8 = 2;
 
 /// The queue's sending side; cloned with the store.
 #[derive(Debug, Clone)]
-pub struct Assigner {
+pub(crate) struct Assigner {
     queue: mpsc::UnboundedSender<Pending>,
     max_wait: Duration,
 }

@@ -1,5 +1,6 @@
 //! Versioned migrations, embedded in the binary: one folder per dialect.
 
+use super::Backend;
 use std::collections::HashSet;
 
 use sqlx::migrate::{MigrateError, Migrator};
@@ -22,9 +23,9 @@ impl Store {
     /// database lock while it migrates.
     pub async fn migrate(&self) -> Result<Vec<Applied>, MigrateError> {
         let before = self.applied_versions().await;
-        let migrator = match self {
-            Store::Sqlite { .. } => &SQLITE,
-            Store::Postgres(_) => &POSTGRES,
+        let migrator = match &self.0 {
+            Backend::Sqlite { .. } => &SQLITE,
+            Backend::Postgres(_) => &POSTGRES,
         };
         with_writer!(self, "migrate", pool => migrator.run(pool).await)?;
         Ok(migrator

@@ -40,15 +40,17 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use sqlx::SqlitePool;
 
-pub use checkpoint::Checkpointer;
+use checkpoint::Checkpointer;
 pub use events::{Event, EventRange, Leadership, follow_head, retain_events};
-pub use group_commit::Assigner;
+use group_commit::Assigner;
 pub use migrate::Applied;
-pub use pg_pool::{Connections, Lent};
+use pg_pool::{Connections, Lent};
 pub use probe::{Probe, Readiness};
 pub use redact::redact;
-pub use sqlite::{ClaimError, Location, ServingClaim};
-pub use sqlite_direct::{DirectReaders, FALLBACKS as SQLITE_DIRECT_FALLBACKS};
+use sqlite::Location;
+pub use sqlite::{ClaimError, ServingClaim};
+use sqlite_direct::DirectReaders;
+pub use sqlite_direct::FALLBACKS as SQLITE_DIRECT_FALLBACKS;
 
 use crate::error::Resource;
 pub use verify::Violation;
@@ -61,9 +63,14 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
-/// An open database of either kind. Cloning is cheap (pools are shared handles).
+/// An open database of either kind. Cloning is cheap (pools are shared handles). What it holds
+/// is private: every caller goes through its methods, which time, settle and release the
+/// connections they use.
 #[derive(Debug, Clone)]
-pub enum Store {
+pub struct Store(Backend);
+
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
     /// SQLite allows one writer at a time. Writers wait for the single `writer` connection in
     /// the pool's queue (in order, without spinning) instead of racing for the file lock, whose
     /// busy handler sleeps and retries; reads run in parallel on `readers` (WAL mode).
@@ -72,9 +79,10 @@ pub enum Store {
         writer: SqlitePool,
         /// AssignCourse calls, committed in groups on `writer` (see `group_commit`).
         assigner: Assigner,
-        /// Checkpoints the WAL in the background (see `checkpoint`); none for `migrate` and
-        /// `verify`, which leave that to the server, or in memory, where there is no WAL.
-        checkpointer: Option<Arc<Checkpointer>>,
+        /// Checkpoints the WAL in the background (see `checkpoint`) for as long as a clone of
+        /// the store holds it; none for `migrate` and `verify`, which leave that to the server,
+        /// or in memory, where there is no WAL.
+        _checkpointer: Option<Arc<Checkpointer>>,
         /// The file, or memory (see `sqlite`).
         location: sqlite::Location,
         /// ListCourses' reads on a file (see `sqlite_direct`); none in memory.
@@ -91,11 +99,11 @@ pub enum Store {
 /// from `sqlx::Error`.
 macro_rules! with_reader {
     ($store:expr, $operation:expr, $pool:ident => $body:expr) => {
-        match $store {
-            $crate::store::Store::Sqlite { readers, .. } => {
+        match &$store.0 {
+            $crate::store::Backend::Sqlite { readers, .. } => {
                 $crate::store::with_connection!(readers, SQLITE_READERS, SQLITE_SYSTEM, $operation, $pool => $body)
             }
-            $crate::store::Store::Postgres(pool) => {
+            $crate::store::Backend::Postgres(pool) => {
                 $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
             }
         }
@@ -105,11 +113,11 @@ macro_rules! with_reader {
 /// Like `with_reader!`, for expressions that write.
 macro_rules! with_writer {
     ($store:expr, $operation:expr, $pool:ident => $body:expr) => {
-        match $store {
-            $crate::store::Store::Sqlite { writer, .. } => {
+        match &$store.0 {
+            $crate::store::Backend::Sqlite { writer, .. } => {
                 $crate::store::with_connection!(writer, SQLITE_WRITER, SQLITE_SYSTEM, $operation, $pool => $body)
             }
-            $crate::store::Store::Postgres(pool) => {
+            $crate::store::Backend::Postgres(pool) => {
                 $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
             }
         }
@@ -189,7 +197,9 @@ impl Store {
         if url.starts_with("sqlite:") {
             Store::open_sqlite(url, settings, opener).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(postgres::open(url, settings).await?))
+            Ok(Store(Backend::Postgres(
+                postgres::open(url, settings).await?,
+            )))
         } else {
             Err(ConnectError::UnsupportedUrl(redact(url)))
         }
@@ -230,42 +240,42 @@ impl Store {
             }
             _ => None,
         };
-        Ok(Store::Sqlite {
+        Ok(Store(Backend::Sqlite {
             direct,
             assigner: Assigner::start(writer.clone(), timeout),
             readers,
             writer,
-            checkpointer,
+            _checkpointer: checkpointer,
             location,
-        })
+        }))
     }
 
     /// Makes sure this server may serve the database: on a SQLite file, takes the exclusive
     /// lock that keeps a second server off it and checks that the file can be written. Hold the
     /// claim while serving.
     pub async fn claim_for_serving(&self) -> Result<ServingClaim, ClaimError> {
-        match self {
-            Store::Sqlite {
+        match &self.0 {
+            Backend::Sqlite {
                 writer, location, ..
             } => sqlite::claim(location, writer).await,
-            Store::Postgres(_) => Ok(ServingClaim::none()),
+            Backend::Postgres(_) => Ok(ServingClaim::none()),
         }
     }
 
     /// The most connections calls share: the pool's size (on SQLite, the readers').
     pub fn max_connections(&self) -> u32 {
-        match self {
-            Store::Sqlite { readers, .. } => readers.options().get_max_connections(),
-            Store::Postgres(pool) => pool.max_connections(),
+        match &self.0 {
+            Backend::Sqlite { readers, .. } => readers.options().get_max_connections(),
+            Backend::Postgres(pool) => pool.max_connections(),
         }
     }
 
     /// How often the server looks for new events to wake its watchers: within the 100 ms an
     /// event may take to reach a watcher on SQLite; on PostgreSQL this also paces the sequencer.
     pub fn head_poll_interval(&self) -> Duration {
-        match self {
-            Store::Sqlite { .. } => Duration::from_millis(20),
-            Store::Postgres(_) => Duration::from_millis(100),
+        match &self.0 {
+            Backend::Sqlite { .. } => Duration::from_millis(20),
+            Backend::Postgres(_) => Duration::from_millis(100),
         }
     }
 
@@ -276,8 +286,8 @@ impl Store {
 
     /// Waits for every connection to be returned, then closes them all.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite {
+        match &self.0 {
+            Backend::Sqlite {
                 readers,
                 writer,
                 direct,
@@ -292,7 +302,7 @@ impl Store {
                 readers.close().await;
                 writer.close().await;
             }
-            Store::Postgres(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close().await,
         }
     }
 }

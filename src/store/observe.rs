@@ -6,6 +6,7 @@
 //! not have is a span of its own (`acquire connection`), so that a call that fails because the
 //! database is gone still shows where.
 
+use super::Backend;
 use std::time::Instant;
 
 use sqlx::{Database, Pool, pool::PoolConnection};
@@ -194,8 +195,8 @@ pub(super) async fn time<T>(operation: &'static str, work: impl Future<Output = 
 impl Store {
     /// Sets the pool gauges to the pools' state now (called at each scrape).
     pub fn record_pool_gauges(&self) {
-        match self {
-            Store::Sqlite {
+        match &self.0 {
+            Backend::Sqlite {
                 readers,
                 writer,
                 location,
@@ -207,7 +208,7 @@ impl Store {
                     record_pool(writer, SQLITE_WRITER);
                 }
             }
-            Store::Postgres(pool) => record_gauges(
+            Backend::Postgres(pool) => record_gauges(
                 POSTGRES,
                 pool.size(),
                 pool.num_idle(),

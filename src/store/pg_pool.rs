@@ -33,7 +33,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pool; cloning is cheap (a shared handle).
 #[derive(Debug, Clone)]
-pub struct Connections {
+pub(crate) struct Connections {
     shared: Arc<Shared>,
 }
 
@@ -74,7 +74,7 @@ impl Connections {
     }
 
     /// A connection, waiting at most the acquire timeout for one to be free or to open.
-    pub async fn acquire(&self) -> Result<Lent, sqlx::Error> {
+    pub(crate) async fn acquire(&self) -> Result<Lent, sqlx::Error> {
         let shared = &self.shared;
         let started = tokio::time::Instant::now();
         let permit = match tokio::time::timeout(
@@ -110,7 +110,7 @@ impl Connections {
 
     /// A connection of its own, outside the pool and its maximum (for a session that holds an
     /// advisory lock for as long as it lives), within the acquire timeout.
-    pub async fn detached(&self) -> Result<PgConnection, sqlx::Error> {
+    pub(crate) async fn detached(&self) -> Result<PgConnection, sqlx::Error> {
         let connecting = PgConnection::connect_with(&self.shared.options);
         tokio::time::timeout(self.shared.acquire_timeout, connecting)
             .await
@@ -119,7 +119,7 @@ impl Connections {
 
     /// Waits for every lent connection to come back, then closes them all; later acquires
     /// fail with `PoolClosed`.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let shared = &self.shared;
         let all = shared.permits.acquire_many(shared.max).await;
         shared.permits.close();
@@ -132,15 +132,15 @@ impl Connections {
     }
 
     /// Connections open (idle or lent).
-    pub fn size(&self) -> u32 {
+    pub(crate) fn size(&self) -> u32 {
         self.shared.open.load(Ordering::Relaxed)
     }
 
-    pub fn num_idle(&self) -> usize {
+    pub(crate) fn num_idle(&self) -> usize {
         self.shared.lock_idle().len()
     }
 
-    pub fn max_connections(&self) -> u32 {
+    pub(crate) fn max_connections(&self) -> u32 {
         self.shared.max
     }
 }
@@ -158,7 +158,7 @@ impl Shared {
 
 /// A connection lent by [`Connections`]; back to the pool when dropped.
 #[derive(Debug)]
-pub struct Lent {
+pub(crate) struct Lent {
     connection: Option<PgConnection>,
     permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
@@ -169,7 +169,7 @@ impl Lent {
     /// Says how the operation ended: `clean` when it ran to its end and failed, if at all, in
     /// the database (a constraint, a trigger's exception) rather than on the wire. Without it
     /// (a cancelled call) the connection is settled with a ping before it is lent again.
-    pub fn settle(&mut self, clean: bool) {
+    pub(crate) fn settle(&mut self, clean: bool) {
         self.clean = clean;
     }
 }

@@ -12,6 +12,7 @@
 //! database set `default_transaction_read_only`) answers reads but refuses every write, and a
 //! replica in front of it should leave the load balancer until it is writable again.
 
+use super::Backend;
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
@@ -110,9 +111,9 @@ impl Probe {
 
     /// A connection of the probe's own; none for an in-memory SQLite database.
     async fn connect(&self) -> Result<Option<Own>, Failure> {
-        match &self.store {
-            Store::Postgres(pool) => Ok(Some(Own::Postgres(pool.detached().await?))),
-            Store::Sqlite {
+        match &self.store.0 {
+            Backend::Postgres(pool) => Ok(Some(Own::Postgres(pool.detached().await?))),
+            Backend::Sqlite {
                 location: Location::File(path),
                 ..
             } => {
@@ -125,7 +126,7 @@ impl Probe {
                 .await??;
                 Ok(Some(Own::Sqlite(Arc::new(Mutex::new(connection)))))
             }
-            Store::Sqlite { .. } => Ok(None),
+            Backend::Sqlite { .. } => Ok(None),
         }
     }
 }

@@ -45,7 +45,7 @@ use super::{ConnectError, checkpoint, errors::is_read_only};
 
 /// Where a SQLite URL points.
 #[derive(Debug, Clone)]
-pub enum Location {
+pub(crate) enum Location {
     File(PathBuf),
     Memory,
 }

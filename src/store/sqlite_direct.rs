@@ -43,7 +43,7 @@ use crate::error::Error;
 pub(super) const INLINE_ROWS: i64 = 101;
 
 /// Read-only connections to one SQLite file.
-pub struct DirectReaders {
+pub(crate) struct DirectReaders {
     /// `None` once closed.
     connections: Box<[Mutex<Option<Connection>>]>,
     /// Where the next read starts looking for a free connection.

@@ -1,5 +1,6 @@
 //! Integrity checks for `student-service verify`: each query returns one row per violation.
 
+use super::Backend;
 use std::fmt;
 
 use super::{Store, with_reader};
@@ -70,9 +71,9 @@ const SQLITE_CHECKS: &[(&str, &str)] = &[
 impl Store {
     /// Runs every check; an empty list means the database is sound.
     pub async fn verify(&self) -> Result<Vec<Violation>, sqlx::Error> {
-        let backend_checks: &[(&str, &str)] = match self {
-            Store::Sqlite { .. } => SQLITE_CHECKS,
-            Store::Postgres(_) => &[],
+        let backend_checks: &[(&str, &str)] = match &self.0 {
+            Backend::Sqlite { .. } => SQLITE_CHECKS,
+            Backend::Postgres(_) => &[],
         };
         let mut violations = Vec::new();
         for &(check, sql) in backend_checks.iter().chain(CHECKS) {

@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{
+    Connection, Executor, PgConnection, PgPool, SqlitePool, postgres::PgPoolOptions,
+    sqlite::SqlitePoolOptions,
+};
 use student_service::{
     api::pb::{
         self, course_service_client::CourseServiceClient,
@@ -63,21 +66,39 @@ macro_rules! on_both_backends {
 }
 pub(crate) use on_both_backends;
 
-/// Runs the same read against whichever pool the store reads from, as the store does itself:
-/// the expression is compiled once per backend.
+/// Runs the same read on a [`Peek`] of either kind: the expression is compiled once per backend,
+/// with `$pool` the sqlx pool.
 macro_rules! read_with {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            student_service::store::Store::Sqlite { readers: $pool, .. } => $body,
-            student_service::store::Store::Postgres(pool) => {
-                let mut connection = pool.acquire().await.expect("a connection");
-                let $pool = &mut *connection;
-                $body
-            }
+    ($peek:expr, $pool:ident => $body:expr) => {
+        match $peek {
+            $crate::helpers::Peek::Sqlite($pool) => $body,
+            $crate::helpers::Peek::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use read_with;
+
+/// A test's own look at its database, beside the server, to check what it holds: plain sqlx
+/// pools, apart from the server's store and whatever it does with its connections.
+pub(crate) enum Peek {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Peek {
+    pub(crate) async fn open(url: &str) -> Peek {
+        if url.starts_with("sqlite:") {
+            let pool = SqlitePoolOptions::new().max_connections(2).connect(url);
+            Peek::Sqlite(pool.await.expect("open the SQLite database to check it"))
+        } else {
+            let pool = PgPoolOptions::new().max_connections(2).connect(url);
+            Peek::Postgres(
+                pool.await
+                    .expect("connect to PostgreSQL to check the database"),
+            )
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
@@ -225,8 +246,10 @@ pub(crate) struct TestApp {
     pub(crate) channel: Channel,
     /// Where the server listens, for clients other than the generated ones.
     pub(crate) address: SocketAddr,
-    /// A connection of the test's own, to check what the database holds.
+    /// A store of the test's own on the same database, for `verify` and the event feed.
     pub(crate) store: Store,
+    /// Plain SQL on the same database, to check what it holds.
+    pub(crate) peek: Peek,
     running: Option<Running>,
     pub(crate) database: TestDatabase,
 }
@@ -319,6 +342,7 @@ impl TestApp {
             channel,
             address,
             store: check_store,
+            peek: Peek::open(&database.url).await,
             running: Some(running),
             database,
         }
@@ -429,7 +453,7 @@ impl TestApp {
     /// The number of enrollment rows the database holds for a course.
     pub(crate) async fn enrollment_rows(&self, course_id: i64) -> i64 {
         const SQL: &str = "SELECT COUNT(*) FROM student_courses WHERE course_id = $1";
-        read_with!(&self.store, pool => sqlx::query_scalar(SQL)
+        read_with!(&self.peek, pool => sqlx::query_scalar(SQL)
             .bind(course_id)
             .fetch_one(pool)
             .await)

@@ -239,13 +239,14 @@ async fn a_crash_between_publish_and_mark_duplicates_nothing(backend: Backend) {
         student_service::store::Store::connect(&database.url, &crate::helpers::pool_settings())
             .await
             .expect("connect");
+    let peek = crate::helpers::Peek::open(&database.url).await;
     // Once the restarted server has numbered and published everything:
     const WAITING: &str = "SELECT COUNT(*) FROM enrollment_events \
         WHERE sequence IS NULL OR sequence > (SELECT last_published FROM event_feed)";
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let waiting: i64 =
-            read_with!(&store, pool => sqlx::query_scalar(WAITING).fetch_one(pool).await)
+            read_with!(&peek, pool => sqlx::query_scalar(WAITING).fetch_one(pool).await)
                 .expect("count the waiting events");
         if waiting == 0 {
             break;

@@ -23,7 +23,7 @@ use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::{
-    helpers::{Backend, TestDatabase, error_reason, on_both_backends, pool_settings},
+    helpers::{Backend, Peek, TestDatabase, error_reason, on_both_backends, pool_settings},
     process::ServerProcess,
     resilience::{
         assert_verify_passes, create_courses, create_students, env_number, share_of, stored_pairs,
@@ -241,7 +241,7 @@ async fn batches_and_assignments_racing_on_replicas_keep_every_promise(backend: 
     let store = Store::connect(&database.url, &pool_settings())
         .await
         .expect("connect");
-    let stored = stored_pairs(&store).await;
+    let stored = stored_pairs(&Peek::open(&database.url).await).await;
     eprintln!(
         "batch races over {} replica(s): {outcomes:?}; {} enrolled",
         servers.len(),

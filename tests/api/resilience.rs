@@ -25,7 +25,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    helpers::{Backend, TestDatabase, on_both_backends, pool_settings, read_with},
+    helpers::{Backend, Peek, TestDatabase, on_both_backends, pool_settings, read_with},
     process::ServerProcess,
 };
 
@@ -43,11 +43,10 @@ pub(crate) fn env_number(name: &str, default: u64) -> u64 {
 }
 
 /// Every (student, course) pair the database holds.
-pub(crate) async fn stored_pairs(store: &Store) -> HashSet<(i64, i64)> {
+pub(crate) async fn stored_pairs(peek: &Peek) -> HashSet<(i64, i64)> {
     const SQL: &str = "SELECT student_id, course_id FROM student_courses";
-    let rows: Vec<(i64, i64)> =
-        read_with!(store, pool => sqlx::query_as(SQL).fetch_all(pool).await)
-            .expect("read enrollments");
+    let rows: Vec<(i64, i64)> = read_with!(peek, pool => sqlx::query_as(SQL).fetch_all(pool).await)
+        .expect("read enrollments");
     rows.into_iter().collect()
 }
 
@@ -249,7 +248,7 @@ async fn racing_replicas_keep_every_promise(backend: Backend) {
     let store = Store::connect(&database.url, &pool_settings())
         .await
         .expect("connect");
-    let stored = stored_pairs(&store).await;
+    let stored = stored_pairs(&Peek::open(&database.url).await).await;
     eprintln!(
         "races: {} calls by {clients} clients over {replicas} replica(s) in {elapsed:.1?}: {outcomes:?}; {} enrolled",
         operations / clients * clients,
@@ -329,7 +328,7 @@ async fn a_crash_loses_no_acknowledged_enrollment(backend: Backend) {
     let store = Store::connect(&database.url, &pool_settings())
         .await
         .expect("connect");
-    let stored = stored_pairs(&store).await;
+    let stored = stored_pairs(&Peek::open(&database.url).await).await;
     let lost: Vec<_> = acknowledged
         .iter()
         .filter(|p| !stored.contains(p))

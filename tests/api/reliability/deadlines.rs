@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use student_service::{api::pb, server::ServerSettings, store::Store};
+use student_service::{api::pb, server::ServerSettings};
 use tonic::{Code, Request};
 
 use super::{
@@ -19,7 +19,7 @@ use super::{
     raw::{RawClient, frame, message, proto},
 };
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, assert_error, on_both_backends, pool_settings,
+    Backend, Peek, TestApp, TestDatabase, assert_error, on_both_backends, pool_settings,
 };
 
 on_both_backends!(
@@ -41,9 +41,9 @@ async fn a_deadline_shorter_than_the_work_stops_it_and_leaves_no_partial_state(b
     let late = app.create_student("Late", "late@example.com").await;
     // Connections the server writes on: one on SQLite, the whole pool on PostgreSQL. `early`
     // takes one; the occupiers take the rest, so `late` has to wait for a connection.
-    let writers = match &app.store {
-        Store::Sqlite { .. } => 1,
-        Store::Postgres(_) => pool_settings().max_connections as usize,
+    let writers = match &app.peek {
+        Peek::Sqlite(_) => 1,
+        Peek::Postgres(_) => pool_settings().max_connections as usize,
     };
     let mut occupiers = Vec::new();
     for i in 1..writers {
@@ -131,7 +131,7 @@ async fn a_deadline_shorter_than_the_work_stops_it_and_leaves_no_partial_state(b
         early_status.code(),
         early_status.message(),
     );
-    assert!(!is_enrolled(&app.store, early.id, course.id).await);
+    assert!(!is_enrolled(&app.peek, early.id, course.id).await);
 
     block.release().await;
     for call in occupier_calls {
@@ -141,12 +141,12 @@ async fn a_deadline_shorter_than_the_work_stops_it_and_leaves_no_partial_state(b
     }
     // The early INSERT was already in the database: it runs to completion, whole.
     assert!(
-        eventually_enrolled(&app.store, early.id, course.id).await,
+        eventually_enrolled(&app.peek, early.id, course.id).await,
         "the statement already in the database completes once the lock is gone"
     );
     // The late call's work never reached the database and never will.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!is_enrolled(&app.store, late.id, course.id).await);
+    assert!(!is_enrolled(&app.peek, late.id, course.id).await);
 
     // After DEADLINE_EXCEEDED a client retries; AssignCourse is idempotent, so that is safe.
     let retried = app.assign(early.id, course.id).await.expect("retry");
@@ -207,7 +207,7 @@ async fn the_request_timeout_caps_calls_that_set_no_deadline(backend: Backend) {
 
     block.release().await;
     // Its statement was in the database: it completes whole, row and seat together.
-    assert!(eventually_enrolled(&app.store, ada.id, course.id).await);
+    assert!(eventually_enrolled(&app.peek, ada.id, course.id).await);
     assert_eq!(app.get_course(course.id).await.enrolled, 1);
     app.assert_integrity().await;
     app.stop().await;
@@ -237,7 +237,7 @@ async fn assign_fails_behind_a_lock(
 }
 
 async fn wait_until_writes_wait(app: &TestApp, writers: usize) {
-    let Store::Postgres(pool) = &app.store else {
+    let Peek::Postgres(pool) = &app.peek else {
         return;
     };
     let mut connection = pool.acquire().await.expect("a connection");
@@ -261,10 +261,10 @@ async fn wait_until_writes_wait(app: &TestApp, writers: usize) {
     }
 }
 
-async fn eventually_enrolled(store: &Store, student_id: i64, course_id: i64) -> bool {
+async fn eventually_enrolled(peek: &Peek, student_id: i64, course_id: i64) -> bool {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
-        if is_enrolled(store, student_id, course_id).await {
+        if is_enrolled(peek, student_id, course_id).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -305,7 +305,7 @@ async fn postgres_statement_timeout_from_the_url_frees_statements_stuck_on_a_loc
     )
     .await;
     block.release().await;
-    assert!(!is_enrolled(&app.store, ada.id, course.id).await);
+    assert!(!is_enrolled(&app.peek, ada.id, course.id).await);
     let retried = app.assign(ada.id, course.id).await.expect("retry");
     assert!(
         retried.created,

@@ -525,7 +525,7 @@ async fn malformed_requests_to_every_method_are_refused_without_harm(backend: Ba
     let seed = env_number("HOSTILE_SEED").unwrap_or(DEFAULT_SEED);
     let app = TestApp::spawn(backend).await;
     let material = Arc::new(seed_data(&app).await);
-    let before = snapshot(&app.store).await;
+    let before = snapshot(&app.peek).await;
 
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -608,7 +608,7 @@ async fn malformed_requests_to_every_method_are_refused_without_harm(backend: Ba
         &failures[..failures.len().min(10)]
     );
 
-    assert_eq!(snapshot(&app.store).await, before, "stored data changed");
+    assert_eq!(snapshot(&app.peek).await, before, "stored data changed");
     // And the service still works.
     let student = app.create_student("After", "after@example.com").await;
     let enrolled = app

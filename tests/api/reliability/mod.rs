@@ -9,9 +9,8 @@ mod overload;
 pub(crate) mod raw;
 
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
-use student_service::store::Store;
 
-use crate::helpers::read_with;
+use crate::helpers::{Peek, read_with};
 
 /// Makes writes wait, from a connection of the test's own, without mocks. On SQLite it takes the
 /// database's write lock (`BEGIN IMMEDIATE`), so every write waits in SQLite's busy handler; on
@@ -63,7 +62,7 @@ impl WriteBlock {
 }
 
 /// Every row of every table, as text, in key order: equal snapshots mean no stored data changed.
-pub(crate) async fn snapshot(store: &Store) -> Vec<String> {
+pub(crate) async fn snapshot(peek: &Peek) -> Vec<String> {
     const TABLES: [&str; 3] = [
         "SELECT 'student|' || CAST(id AS TEXT) || '|' || name || '|' || email || '|' \
          || CAST(create_time AS TEXT) FROM students ORDER BY id",
@@ -76,7 +75,7 @@ pub(crate) async fn snapshot(store: &Store) -> Vec<String> {
     let mut rows = Vec::new();
     for sql in TABLES {
         let table: Vec<String> =
-            read_with!(store, pool => sqlx::query_scalar(sql).fetch_all(pool).await)
+            read_with!(peek, pool => sqlx::query_scalar(sql).fetch_all(pool).await)
                 .expect("read a table");
         rows.extend(table);
     }
@@ -84,10 +83,10 @@ pub(crate) async fn snapshot(store: &Store) -> Vec<String> {
 }
 
 /// Whether the database holds an enrollment row for the pair.
-pub(crate) async fn is_enrolled(store: &Store, student_id: i64, course_id: i64) -> bool {
+pub(crate) async fn is_enrolled(peek: &Peek, student_id: i64, course_id: i64) -> bool {
     const SQL: &str =
         "SELECT COUNT(*) FROM student_courses WHERE student_id = $1 AND course_id = $2";
-    let count: i64 = read_with!(store, pool => sqlx::query_scalar(SQL)
+    let count: i64 = read_with!(peek, pool => sqlx::query_scalar(SQL)
         .bind(student_id)
         .bind(course_id)
         .fetch_one(pool)
