@@ -30,7 +30,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::ServingStatus;
 
 use crate::{
-    health,
+    health, outbox,
     server::{self, ServeError, ServerSettings},
     store::{self, ClaimError, ConnectError, PoolSettings, ServingClaim, Store},
     telemetry,
@@ -193,13 +193,13 @@ async fn run(
     let events_stop = CancellationToken::new();
     let (head, head_seen) = watch::channel(0);
     let poll = store.head_poll_interval();
-    let follower = store::follow_head(store.clone(), head, poll);
+    let follower = outbox::follow_head(store.clone(), head, poll);
     tasks.spawn(events_stop.clone().run_until_cancelled_owned(follower));
     let relayed = settings.nats.is_some();
-    let retention = store::retain_events(store.clone(), settings.events_retention, relayed);
+    let retention = outbox::retain_events(store.clone(), settings.events_retention, relayed);
     tasks.spawn(events_stop.clone().run_until_cancelled_owned(retention));
     if let Some(nats) = settings.nats.clone() {
-        let relay = crate::relay::relay(
+        let relay = crate::outbox::relay(
             store.clone(),
             nats,
             head_seen.clone(),

@@ -4,7 +4,7 @@ use clap::Parser;
 use student_service::{
     app::{self, AppSettings},
     config::{Cli, Command, ServeArgs},
-    relay::{InvalidNatsSetting, NatsSettings},
+    outbox::{InvalidNatsSetting, NatsSettings},
     security::Security,
     server::ServerSettings,
     store::{self, Store},

@@ -19,7 +19,7 @@ use crate::{
         },
     },
     listen::grpc_incoming,
-    relay::NatsSettings,
+    outbox::NatsSettings,
     security::{RequireToken, Security},
     store::Store,
 };

@@ -1,20 +1,7 @@
 //! Domain records to proto messages.
 
-use prost_types::Timestamp;
-
-use super::pb;
-use crate::{
-    domain::{Course, Enrollment, Student, etag},
-    store::Event,
-};
-
-fn timestamp(micros: i64) -> Option<Timestamp> {
-    Some(Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        // In 0..1_000_000_000, so the cast cannot truncate.
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    })
-}
+use super::pb::{self, timestamp};
+use crate::domain::{Course, Enrollment, Student, etag};
 
 impl From<Student> for pb::Student {
     fn from(s: Student) -> Self {
@@ -48,21 +35,6 @@ impl From<Enrollment> for pb::Enrollment {
             student_id: e.student_id,
             course_id: e.course_id,
             enroll_time: timestamp(e.enroll_time),
-        }
-    }
-}
-
-impl From<Event> for pb::EnrollmentEvent {
-    fn from(e: Event) -> Self {
-        pb::EnrollmentEvent {
-            id: e.id,
-            sequence: e.sequence,
-            r#type: e.kind,
-            cause: e.cause,
-            student_id: e.student_id,
-            course_id: e.course_id,
-            enroll_time: timestamp(e.enroll_time),
-            event_time: timestamp(e.event_time),
         }
     }
 }

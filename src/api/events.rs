@@ -161,7 +161,7 @@ impl EventApi {
     /// is gone.
     async fn send(&self, sender: &mpsc::Sender<Sent>, events: Vec<Event>, head: i64) -> bool {
         let response = pb::WatchEnrollmentEventsResponse {
-            events: events.into_iter().map(pb::EnrollmentEvent::from).collect(),
+            events: events.into_iter().map(crate::outbox::message).collect(),
             head_sequence: head,
         };
         sender.send(Ok(response)).await.is_ok()

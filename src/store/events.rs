@@ -1,20 +1,15 @@
-//! Enrollment events: reading the outbox the migrations' triggers fill, numbering it on
-//! PostgreSQL, and retention.
+//! The enrollment event outbox as stored: the rows the migrations' triggers write, read in
+//! pages, numbered, marked published and deleted. What runs over it (following the head, the
+//! sequencer, leadership, retention, the relay) is `crate::outbox`'s.
 //!
 //! On SQLite the triggers number each event as they write it (one writer: commit order). On
-//! PostgreSQL rows arrive unnumbered and the sequencer numbers them (migrations/postgres/0005
-//! says why): one replica at a time, the one holding a session advisory lock on a connection of
-//! its own; when that replica dies its session ends, the lock is free, and another takes over at
-//! its next tick.
-
-use super::Backend;
-use std::time::Duration;
+//! PostgreSQL rows arrive unnumbered and are numbered later, on a [`Session`] of their own
+//! (migrations/postgres/0005 says why).
 
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
-use tokio::sync::watch;
 
-use super::{Store, with_reader, with_writer};
+use super::{Backend, Store, with_reader, with_writer};
 use crate::{domain::EventFilter, error::Result};
 
 /// One stored event, numbered.
@@ -120,12 +115,6 @@ const UNPUBLISHED: &str = select_events!(
 const MARK_PUBLISHED: &str = "UPDATE event_feed SET last_published = $1 WHERE last_published < $1";
 const LAST_PUBLISHED: &str = "SELECT last_published FROM event_feed";
 
-/// Any number that names this lock among the database's advisory locks.
-const SEQUENCER_LOCK: i64 = 0x5343_484f_4f4c_5631; // "SCHOOLV1"
-/// The relay's lock (see `Leadership`).
-const RELAY_LOCK: i64 = 0x5343_484f_4f4c_5632; // "SCHOOLV2"
-/// Rows numbered per statement; the sequencer loops until fewer are left.
-const SEQUENCER_BATCH: i64 = 1000;
 // Numbers, in (xid, position) order, the rows of transactions older than every one still
 // running (see the migration), and moves the counter past them, in one statement.
 const NUMBER_READY: &str = "WITH ready AS ( \
@@ -139,8 +128,6 @@ const NUMBER_READY: &str = "WITH ready AS ( \
     UPDATE enrollment_events e SET sequence = counter.base + ready.n \
     FROM ready, counter WHERE e.position = ready.position";
 
-/// Events deleted per statement by retention.
-const RETENTION_BATCH: i64 = 1000;
 const OLDEST_EVENTS: &str = "SELECT sequence, event_time FROM enrollment_events \
     WHERE sequence IS NOT NULL ORDER BY sequence LIMIT CAST($1 AS BIGINT)";
 const DELETE_EVENTS: &str = "DELETE FROM enrollment_events WHERE sequence >= $1 AND sequence <= $2";
@@ -252,164 +239,50 @@ impl Store {
     }
 }
 
-/// Deletes events older than `retention` (and, when `published_only`, published), a batch at a
-/// time, checking every tenth of the retention (at most a minute apart).
-pub async fn retain_events(store: Store, retention: Duration, published_only: bool) {
-    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = crate::domain::now_micros().saturating_sub(retention);
-        loop {
-            match store
-                .delete_old_events(cutoff, published_only, RETENTION_BATCH)
-                .await
-            {
-                Ok(deleted) if deleted as i64 == RETENTION_BATCH => {}
-                Ok(_) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "event retention failed; trying again later");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Keeps `head` at the newest sequence, polling every `interval`; on PostgreSQL it also
-/// numbers new events while this replica holds the sequencer lock. Runs until `head` has no
-/// receivers left and the store is closed.
-pub async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Duration) {
-    let mut sequencer = Sequencer::default();
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if matches!(store.0, Backend::Postgres(_)) {
-            sequencer.run(&store).await;
-        }
-        match store.event_head().await {
-            Ok(sequence) => {
-                head.send_if_modified(|current| {
-                    let newer = sequence > *current;
-                    if newer {
-                        *current = sequence;
-                    }
-                    newer
-                });
-            }
-            Err(err) => tracing::debug!(error = %err, "cannot read the event head"),
-        }
-    }
-}
-
-/// A job only one replica may do at a time on PostgreSQL (numbering events, relaying them):
-/// held by a session advisory lock on a connection of its own, so that when the replica dies
-/// its session ends, the lock is free, and another replica takes the job at its next try. On
-/// SQLite there is one server per file, so it always holds.
-pub struct Leadership {
-    key: i64,
-    job: &'static str,
-    /// The session that holds the lock, or tries for it at each call while another replica
-    /// has it (one session kept, not one opened per try).
-    session: Option<PgConnection>,
-    holds: bool,
-}
-
-impl Leadership {
-    /// The relay's: one replica publishes to the broker, in order.
-    pub fn relay() -> Self {
-        Leadership::of(RELAY_LOCK, "relays enrollment events")
+impl Store {
+    /// Whether several servers may share this database (PostgreSQL), so that a job only one of
+    /// them may do needs a leader; a SQLite file has one server.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Backend::Postgres(_))
     }
 
-    fn of(key: i64, job: &'static str) -> Self {
-        Leadership {
-            key,
-            job,
-            session: None,
-            holds: false,
-        }
-    }
-
-    /// Whether this replica holds the job now, claiming it if no replica does.
-    pub async fn hold(&mut self, store: &Store) -> bool {
-        let Backend::Postgres(pool) = &store.0 else {
-            return true;
+    /// A PostgreSQL session of its own, outside the pool and its maximum, within the acquire
+    /// timeout: for a job that holds a session advisory lock for as long as it lives. None on
+    /// SQLite.
+    pub async fn session(&self) -> Option<Result<Session>> {
+        let Backend::Postgres(pool) = &self.0 else {
+            return None;
         };
-        if self.holds {
-            // A session that died took the lock with it.
-            if let Some(session) = self.session.as_mut()
-                && sqlx::query("SELECT 1").execute(session).await.is_ok()
-            {
-                return true;
-            }
-            tracing::warn!(
-                job = self.job,
-                "lost the session holding the lock; claiming again"
-            );
-            self.holds = false;
-            self.session = None;
-        }
-        if self.session.is_none() {
-            self.session = pool.detached().await.ok();
-        }
-        let Some(session) = self.session.as_mut() else {
-            return false;
-        };
-        match sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(self.key)
-            .fetch_one(session)
-            .await
-        {
-            Ok(true) => {
-                self.holds = true;
-                tracing::info!("this replica {} (advisory lock taken)", self.job);
-            }
-            Ok(false) => {}
-            Err(_) => self.session = None,
-        }
-        self.holds
+        Some(pool.detached().await.map(Session).map_err(Into::into))
     }
 }
 
-/// This replica's claim on numbering PostgreSQL's events.
-struct Sequencer {
-    leadership: Leadership,
-}
+/// A PostgreSQL session outside the pool (see [`Store::session`]); its advisory locks end with it.
+#[derive(Debug)]
+pub struct Session(PgConnection);
 
-impl Default for Sequencer {
-    fn default() -> Self {
-        Sequencer {
-            leadership: Leadership::of(SEQUENCER_LOCK, "numbers enrollment events"),
-        }
+impl Session {
+    /// Whether the session still answers (a session that died took its locks with it).
+    pub async fn is_alive(&mut self) -> bool {
+        sqlx::query("SELECT 1").execute(&mut self.0).await.is_ok()
     }
-}
 
-impl Sequencer {
-    /// Numbers what is ready, taking the lock first if no replica holds it.
-    async fn run(&mut self, store: &Store) {
-        if !self.leadership.hold(store).await {
-            return;
-        }
-        let Some(connection) = self.leadership.session.as_mut() else {
-            return;
-        };
-        loop {
-            let numbered = sqlx::query(NUMBER_READY)
-                .bind(SEQUENCER_BATCH)
-                .execute(&mut *connection)
-                .await;
-            match numbered {
-                Ok(done) if (done.rows_affected() as i64) < SEQUENCER_BATCH => return,
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, "numbering enrollment events failed; trying again");
-                    return;
-                }
-            }
-        }
+    /// Takes the session advisory lock `key` if no session holds it.
+    pub async fn try_lock(&mut self, key: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut self.0)
+            .await?)
+    }
+
+    /// Numbers up to `limit` of the events ready for it (those of transactions older than every
+    /// one still running), in commit order; returns how many it numbered.
+    pub async fn number_ready_events(&mut self, limit: i64) -> Result<u64> {
+        let numbered = sqlx::query(NUMBER_READY)
+            .bind(limit)
+            .execute(&mut self.0)
+            .await?;
+        Ok(numbered.rows_affected())
     }
 }
 

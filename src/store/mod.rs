@@ -41,7 +41,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use sqlx::SqlitePool;
 
 use checkpoint::Checkpointer;
-pub use events::{Event, EventRange, Leadership, follow_head, retain_events};
+pub use events::{Event, EventRange, Session};
 use group_commit::Assigner;
 pub use migrate::Applied;
 use pg_pool::{Connections, Lent};

@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use prost::Message;
 use student_service::{
     api::pb::{self, EnrollmentEvent},
-    relay::NatsSettings,
+    outbox::NatsSettings,
     server::ServerSettings,
 };
 use tokio::process::{Child, Command};
