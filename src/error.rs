@@ -95,16 +95,16 @@ pub enum Error {
 
     /// A concurrent change got in the way (a deadlock or serialization failure); safe to retry.
     #[error("the request conflicted with a concurrent change; retry it")]
-    Conflict(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Conflict(#[source] Cause),
 
     /// The database cannot be reached or has no free connection.
     #[error("the database is unavailable; retry later")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Cause),
 
     /// The database refuses writes: the endpoint reaches a PostgreSQL standby (or read-only
     /// transactions), or the SQLite file became read-only. Nothing was written.
     #[error("the database is read-only now; retry later")]
-    ReadOnly(#[source] sqlx::Error),
+    ReadOnly(#[source] Cause),
 
     /// The server is shutting down; the call can be made again (on another replica).
     #[error("the server is shutting down; call again")]
@@ -126,7 +126,7 @@ pub enum Error {
 
     /// Anything else. The source is logged, never shown to the client.
     #[error("internal error")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Internal(#[source] Cause),
 }
 
 /// Why a call was not authenticated.
@@ -155,6 +155,10 @@ impl fmt::Display for AuthFailure {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What lies behind a failure of ours (a driver's error, a panic, a lost invariant): logged with
+/// the error, never sent to the client.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// "course 3" or "courses 3, 7".
 fn courses(ids: &[i64]) -> String {

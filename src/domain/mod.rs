@@ -23,7 +23,7 @@ pub use updates::{
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A student as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Student {
     pub id: i64,
     pub name: String,
@@ -35,7 +35,7 @@ pub struct Student {
 }
 
 /// A course as stored, with its live enrollment count.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Course {
     pub id: i64,
     pub code: String,

@@ -8,8 +8,8 @@ use crate::error::Error;
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match classify(&err) {
-            Class::Unavailable => Error::Unavailable(err),
-            Class::ReadOnly => Error::ReadOnly(err),
+            Class::Unavailable => Error::Unavailable(Box::new(err)),
+            Class::ReadOnly => Error::ReadOnly(Box::new(err)),
             Class::Conflict => Error::Conflict(Box::new(err)),
             Class::Internal => Error::Internal(Box::new(err)),
         }
@@ -21,8 +21,8 @@ impl From<sqlx::Error> for Error {
 pub(super) fn shared(err: &sqlx::Error) -> Error {
     let text = || err.to_string().into();
     match classify(err) {
-        Class::Unavailable => Error::Unavailable(sqlx::Error::Protocol(err.to_string())),
-        Class::ReadOnly => Error::ReadOnly(sqlx::Error::Protocol(err.to_string())),
+        Class::Unavailable => Error::Unavailable(text()),
+        Class::ReadOnly => Error::ReadOnly(text()),
         Class::Conflict => Error::Conflict(text()),
         Class::Internal => Error::Internal(text()),
     }

@@ -94,7 +94,7 @@ impl Assigner {
             reply,
         };
         if self.queue.send(pending).is_err() {
-            return Err(Error::Unavailable(sqlx::Error::PoolClosed));
+            return Err(Error::Unavailable(Box::new(sqlx::Error::PoolClosed)));
         }
         let waiting = self.wait_for(state, answer);
         let name = "sqlite group commit";
@@ -107,7 +107,7 @@ impl Assigner {
         state: Arc<AtomicU8>,
         mut answer: oneshot::Receiver<Result<Assigned>>,
     ) -> Result<Assigned> {
-        let worker_gone = || Err(Error::Unavailable(sqlx::Error::WorkerCrashed));
+        let worker_gone = || Err(Error::Unavailable(Box::new(sqlx::Error::WorkerCrashed)));
         tokio::select! {
             answer = &mut answer => return answer.unwrap_or_else(|_| worker_gone()),
             () = tokio::time::sleep(self.max_wait) => {}
@@ -116,7 +116,7 @@ impl Assigner {
             .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            return Err(Error::Unavailable(sqlx::Error::PoolTimedOut));
+            return Err(Error::Unavailable(Box::new(sqlx::Error::PoolTimedOut)));
         }
         // A batch took the call just now: it runs, so wait for its answer.
         answer.await.unwrap_or_else(|_| worker_gone())
