@@ -275,6 +275,7 @@ async fn serve_metrics(
 ) -> Result<(SocketAddr, impl Future<Output = ()> + use<>), AppError> {
     let handle =
         telemetry::metrics::install(env!("CARGO_PKG_VERSION"), env!("STUDENT_SERVICE_COMMIT"))?;
+    crate::api::register_every_rpc();
     let listener = bind(address).await?;
     let bound = listener
         .local_addr()

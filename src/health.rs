@@ -24,7 +24,8 @@ pub(crate) async fn set_health(reporter: &HealthReporter, status: ServingStatus)
     };
     for name in HEALTH_NAMES {
         reporter.set_service_status(name, status).await;
-        metrics::gauge!("student_service_health_status", "service" => name).set(serving);
+        metrics::gauge!(crate::telemetry::catalogue::HEALTH_STATUS.name, "service" => name)
+            .set(serving);
     }
 }
 

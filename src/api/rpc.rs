@@ -164,9 +164,12 @@ impl Rpc {
     }
 
     fn started_counter(self) -> &'static Counter {
-        self.handles()
-            .started
-            .get_or_init(|| counter!("grpc_server_started_total", &self.labels()[..]))
+        self.handles().started.get_or_init(|| {
+            counter!(
+                crate::telemetry::catalogue::GRPC_STARTED.name,
+                &self.labels()[..]
+            )
+        })
     }
 
     fn handled_counter(self, code: Code) -> &'static Counter {
@@ -174,22 +177,31 @@ impl Rpc {
         self.handles().handled[slot].get_or_init(|| {
             let mut labels = self.labels().to_vec();
             labels.push(("grpc_code", code_name(code)));
-            counter!("grpc_server_handled_total", &labels[..])
+            counter!(crate::telemetry::catalogue::GRPC_HANDLED.name, &labels[..])
         })
     }
 
     fn handling_histogram(self) -> &'static Histogram {
-        self.handles()
-            .handling
-            .get_or_init(|| histogram!("grpc_server_handling_seconds", &self.labels()[..]))
+        self.handles().handling.get_or_init(|| {
+            histogram!(
+                crate::telemetry::catalogue::GRPC_HANDLING_SECONDS.name,
+                &self.labels()[..]
+            )
+        })
     }
 
     fn messages_counter(self, sent: bool) -> &'static Counter {
         let handles = self.handles();
         let (handle, name) = if sent {
-            (&handles.sent, "grpc_server_msg_sent_total")
+            (
+                &handles.sent,
+                crate::telemetry::catalogue::GRPC_MESSAGES_SENT.name,
+            )
         } else {
-            (&handles.received, "grpc_server_msg_received_total")
+            (
+                &handles.received,
+                crate::telemetry::catalogue::GRPC_MESSAGES_RECEIVED.name,
+            )
         };
         handle.get_or_init(|| counter!(name, &self.labels()[..]))
     }

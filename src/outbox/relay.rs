@@ -136,7 +136,7 @@ impl Relay {
     fn record_lag(&self, published: Option<i64>) {
         let head = *self.head.borrow();
         let lag = published.map_or(0, |published| (head - published).max(0));
-        metrics::gauge!("student_service_events_relay_lag").set(lag as f64);
+        metrics::gauge!(crate::telemetry::catalogue::EVENTS_RELAY_LAG.name).set(lag as f64);
     }
 
     /// Logs a warning, at most once a minute.

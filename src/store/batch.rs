@@ -99,7 +99,8 @@ impl Store {
             }
         }?;
         let created = enrolled.values().filter(|(_, created)| *created).count();
-        metrics::counter!("student_service_enrollments_created_total").increment(created as u64);
+        metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_CREATED.name)
+            .increment(created as u64);
         batch
             .course_ids
             .iter()
@@ -148,7 +149,8 @@ async fn run(mut writer: Writer<'_>, student: i64, courses: &[i64], now: i64) ->
     // churn): the course the last attempt met full was full then, which is the answer.
     match met_full {
         Some(course) => {
-            metrics::counter!("student_service_enrollments_refused_full_total").increment(1);
+            metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_REFUSED_FULL.name)
+                .increment(1);
             Err(Error::CoursesFull(vec![course]))
         }
         None => Err(Error::Conflict(conflict.into())),
@@ -312,7 +314,7 @@ fn refusal(
         return None;
     }
     full.sort_unstable();
-    metrics::counter!("student_service_enrollments_refused_full_total")
+    metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_REFUSED_FULL.name)
         .increment(full.len() as u64);
     Some(Error::CoursesFull(full))
 }

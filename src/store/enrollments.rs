@@ -67,12 +67,14 @@ impl Store {
         };
         match assigned {
             Assigned::Created(enroll_time) => {
-                metrics::counter!("student_service_enrollments_created_total").increment(1);
+                metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_CREATED.name)
+                    .increment(1);
                 Ok((enrollment(enroll_time), true))
             }
             Assigned::Existing(enroll_time) => Ok((enrollment(enroll_time), false)),
             Assigned::Full => {
-                metrics::counter!("student_service_enrollments_refused_full_total").increment(1);
+                metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_REFUSED_FULL.name)
+                    .increment(1);
                 Err(Error::CourseFull(pair.course_id))
             }
             Assigned::Missing => Err(self.missing(pair).await),

@@ -150,7 +150,7 @@ async fn commit_batches(writer: SqlitePool, mut waiting: mpsc::UnboundedReceiver
         if batch.is_empty() {
             continue;
         }
-        metrics::histogram!("student_service_sqlite_group_commit_batch_size")
+        metrics::histogram!(crate::telemetry::catalogue::SQLITE_GROUP_COMMIT_BATCH_SIZE.name)
             .record(batch.len() as f64);
         // The batch serves several calls: no span of its own (each call's span covers its wait).
         let outcomes = observe::time("assign_course", commit(&mut connection, &batch)).await;

@@ -51,7 +51,6 @@ pub use redact::redact;
 use sqlite::Location;
 pub use sqlite::{ClaimError, ServingClaim};
 use sqlite_direct::DirectReaders;
-pub use sqlite_direct::FALLBACKS as SQLITE_DIRECT_FALLBACKS;
 
 use crate::error::Resource;
 pub use verify::Violation;

@@ -139,8 +139,12 @@ pub(super) async fn acquire<P: Lend>(pool: &P, name: &'static str) -> Result<P::
     let started = Instant::now();
     let span_start = traces::exported().then(traces::now);
     let connection = pool.lend().await;
-    labelled_histogram("student_service_db_pool_acquire_seconds", "pool", name)
-        .record(started.elapsed().as_secs_f64());
+    labelled_histogram(
+        crate::telemetry::catalogue::DB_POOL_ACQUIRE_SECONDS.name,
+        "pool",
+        name,
+    )
+    .record(started.elapsed().as_secs_f64());
     if let (Some(failure), Some(start)) = (connection.failure(), span_start) {
         let system = if name == POSTGRES {
             POSTGRESQL_SYSTEM
@@ -184,7 +188,7 @@ pub(super) async fn time<T>(operation: &'static str, work: impl Future<Output = 
     let started = Instant::now();
     let done = work.await;
     labelled_histogram(
-        "student_service_db_statement_seconds",
+        crate::telemetry::catalogue::DB_STATEMENT_SECONDS.name,
         "operation",
         operation,
     )
@@ -226,8 +230,9 @@ fn record_pool<DB: Database>(pool: &Pool<DB>, name: &'static str) {
 fn record_gauges(name: &'static str, size: u32, idle: usize, max: u32) {
     let size = f64::from(size);
     let idle = idle as f64;
-    let connections = "student_service_db_pool_connections";
+    let connections = crate::telemetry::catalogue::DB_POOL_CONNECTIONS.name;
     metrics::gauge!(connections, "pool" => name, "state" => "in_use").set((size - idle).max(0.0));
     metrics::gauge!(connections, "pool" => name, "state" => "idle").set(idle);
-    metrics::gauge!("student_service_db_pool_max_connections", "pool" => name).set(f64::from(max));
+    metrics::gauge!(crate::telemetry::catalogue::DB_POOL_MAX_CONNECTIONS.name, "pool" => name)
+        .set(f64::from(max));
 }

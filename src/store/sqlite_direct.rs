@@ -144,9 +144,9 @@ fn busy_as_none<T>(result: Option<rusqlite::Result<T>>) -> Result<Option<T>, Err
     }
 }
 
-/// Reads that went to the pool instead: `in_use` (every direct connection was, or they are
-/// closed) or `busy` (SQLite said so).
-pub const FALLBACKS: &str = "student_service_sqlite_direct_fallbacks_total";
+/// Reads that went to the pool instead (by reason: `in_use`, every direct connection was or they
+/// are closed; `busy`, SQLite said so).
+const FALLBACKS: &str = crate::telemetry::catalogue::SQLITE_DIRECT_FALLBACKS.name;
 
 /// Busy, locked, or SQLITE_PROTOCOL: a WAL read mark still contended after SQLite's retries.
 fn is_busy(err: &rusqlite::Error) -> bool {

@@ -23,13 +23,15 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use metrics::{
-    Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use super::process;
+use super::{
+    catalogue::{self, Kind},
+    process,
+};
 
 /// Seconds: from half a millisecond (a cached read) to ten (the longest a client should wait).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -84,14 +86,14 @@ pub fn install(
     let handle = PrometheusBuilder::new()
         .set_buckets(SECONDS_BUCKETS)?
         .set_buckets_for_metric(
-            Matcher::Full("student_service_sqlite_group_commit_batch_size".into()),
+            Matcher::Full(catalogue::SQLITE_GROUP_COMMIT_BATCH_SIZE.name.into()),
             BATCH_BUCKETS,
         )?
         .install_recorder()?;
     ENABLED.store(true, Ordering::Relaxed);
     describe();
     register_at_zero();
-    gauge!("student_service_build_info", "version" => version, "commit" => commit).set(1.0);
+    gauge!(catalogue::BUILD_INFO.name, "version" => version, "commit" => commit).set(1.0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
@@ -103,100 +105,38 @@ pub fn install(
     Ok(handle)
 }
 
-/// HELP text for every metric (and the go-grpc-middleware wording for the gRPC ones).
+/// HELP text (and unit) for every metric of the catalogue.
 fn describe() {
-    describe_counter!(
-        "grpc_server_started_total",
-        "Total number of RPCs started on the server."
-    );
-    describe_counter!(
-        "grpc_server_handled_total",
-        "Total number of RPCs completed on the server, regardless of success or failure."
-    );
-    describe_counter!(
-        "grpc_server_msg_received_total",
-        "Total number of RPC stream messages received on the server."
-    );
-    describe_counter!(
-        "grpc_server_msg_sent_total",
-        "Total number of gRPC stream messages sent by the server."
-    );
-    describe_histogram!(
-        "grpc_server_handling_seconds",
-        Unit::Seconds,
-        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server."
-    );
-    describe_gauge!(
-        "student_service_db_pool_connections",
-        "Database connections of the pool, by state (in_use, idle)."
-    );
-    describe_gauge!(
-        "student_service_db_pool_max_connections",
-        "The most connections the pool opens."
-    );
-    describe_histogram!(
-        "student_service_db_pool_acquire_seconds",
-        Unit::Seconds,
-        "Time a call waited for a database connection."
-    );
-    describe_histogram!(
-        "student_service_db_statement_seconds",
-        Unit::Seconds,
-        "Time the database statements of one store operation took, connection in hand."
-    );
-    describe_gauge!(
-        "student_service_health_status",
-        "Health reported for the service name: 1 SERVING, 0 NOT_SERVING."
-    );
-    describe_counter!(
-        "student_service_enrollments_created_total",
-        "Enrollments AssignCourse and BatchAssignCourses created (repeats of an existing pair not counted)."
-    );
-    describe_counter!(
-        "student_service_enrollments_refused_full_total",
-        "Enrollments refused because the course was full (each full course of a refused batch counts)."
-    );
-    describe_gauge!(
-        "student_service_events_relay_lag",
-        "Enrollment events numbered but not yet acknowledged by NATS JetStream, as seen by the relaying replica (0 elsewhere)."
-    );
-    describe_counter!(
-        crate::store::SQLITE_DIRECT_FALLBACKS,
-        "ListCourses reads on a SQLite file that went through the connection pool because the direct readers were all in use (reason in_use) or SQLite was busy (reason busy)."
-    );
-    describe_counter!(
-        "student_service_trace_spans_dropped_total",
-        "Trace spans dropped: their batch could not be delivered to the collector (retries included), or they found the export queue full."
-    );
-    describe_histogram!(
-        "student_service_sqlite_group_commit_batch_size",
-        "Enrollments committed together in one SQLite transaction."
-    );
-    describe_gauge!(
-        "student_service_build_info",
-        "Always 1; the labels name the running build (commit empty when not built from git)."
-    );
+    for metric in catalogue::ALL {
+        let (name, help) = (metric.name, metric.help);
+        match (metric.kind, metric.unit) {
+            (Kind::Counter, _) => describe_counter!(name, help),
+            (Kind::Gauge, _) => describe_gauge!(name, help),
+            (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
+            (Kind::Histogram, None) => describe_histogram!(name, help),
+        }
+    }
 }
 
 /// Puts every counter in the registry at 0, with the label values known in advance, so that
 /// the first scrape has it: Prometheus' `rate()` and `increase()` start from a series' first
 /// sample, and a counter that first appeared at 1 would lose that increment. The gauges are set
-/// by whoever knows their value; the histograms of the store follow its operations.
+/// by whoever knows their value; the histograms of the store follow its operations; the gRPC
+/// series are the API's to register (`api::register_every_rpc`, called by `app`).
 fn register_at_zero() {
-    crate::api::register_every_rpc();
-    for name in [
-        "student_service_enrollments_created_total",
-        "student_service_enrollments_refused_full_total",
-        "student_service_trace_spans_dropped_total",
+    for metric in [
+        &catalogue::ENROLLMENTS_CREATED,
+        &catalogue::ENROLLMENTS_REFUSED_FULL,
+        &catalogue::TRACE_SPANS_DROPPED,
     ] {
-        counter!(name).increment(0);
+        counter!(metric.name).increment(0);
     }
-    // The reasons store::sqlite_direct counts (0 for good on PostgreSQL, which has no direct readers).
-    for reason in ["in_use", "busy"] {
-        counter!(crate::store::SQLITE_DIRECT_FALLBACKS, "reason" => reason).increment(0);
+    // 0 for good on PostgreSQL, which has no direct readers.
+    for reason in catalogue::SQLITE_DIRECT_FALLBACK_REASONS {
+        counter!(catalogue::SQLITE_DIRECT_FALLBACKS.name, "reason" => reason).increment(0);
     }
     // 0 unless the relay runs and has events waiting (it sets it each round).
-    metrics::gauge!("student_service_events_relay_lag").set(0.0);
+    gauge!(catalogue::EVENTS_RELAY_LAG.name).set(0.0);
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. `refresh` runs before each

@@ -62,6 +62,7 @@ fn colour_wanted() -> bool {
     !no_color && std::io::stderr().is_terminal()
 }
 
+pub mod catalogue;
 pub mod metrics;
 mod process;
 pub mod traces;

@@ -18,7 +18,10 @@ use crate::{
     reliability::raw::{RawClient, Unfinished, frame, message},
 };
 
-on_both_backends!(every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data);
+on_both_backends!(
+    every_call_is_counted_once_with_its_code_and_labels_carry_no_request_data,
+    every_series_a_scrape_shows_is_described,
+);
 
 /// A client that closes its connection halfway through a request is gone: tonic answers
 /// UNKNOWN to no one, the call counts as CANCELLED (as grpc-go counts it), not as a server error.
@@ -595,4 +598,99 @@ async fn every_call_is_counted_once_with_its_code_and_labels_carry_no_request_da
     assert_eq!(not_found, "HTTP/1.1 404 Not Found");
     server.terminate();
     assert!(server.wait(Duration::from_secs(10)).await.success());
+}
+
+/// Every series the real binary shows, after calls that make the store, the group commit (on
+/// SQLite) and the gRPC metrics record, belongs to a family with `# TYPE` and a `# HELP` that is
+/// not empty: the catalogue (src/telemetry/catalogue.rs) describes everything that is written.
+async fn every_series_a_scrape_shows_is_described(backend: Backend) {
+    let database = TestDatabase::create(&backend).await;
+    let metrics_address = free_address();
+    let server = ServerProcess::start(
+        &database.url,
+        &[("METRICS_LISTEN", &metrics_address.to_string())],
+    )
+    .await;
+    let (mut students, mut courses) = server.clients().await;
+    let student = students
+        .create_student(pb::CreateStudentRequest {
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+        })
+        .await
+        .expect("CreateStudent")
+        .into_inner();
+    let mut course_ids = Vec::new();
+    for code in ["A", "B"] {
+        let course = pb::CreateCourseRequest {
+            code: code.into(),
+            title: code.into(),
+            capacity: 1,
+        };
+        let course = courses.create_course(course).await.expect("CreateCourse");
+        course_ids.push(course.into_inner().id);
+    }
+    let assign = pb::AssignCourseRequest {
+        student_id: student.id,
+        course_id: course_ids[0],
+    };
+    students.assign_course(assign).await.expect("AssignCourse");
+    let batch = pb::BatchAssignCoursesRequest {
+        student_id: student.id,
+        course_ids: course_ids.clone(),
+    };
+    students
+        .batch_assign_courses(batch)
+        .await
+        .expect("BatchAssignCourses");
+    let list = pb::ListCoursesRequest {
+        student_id: student.id,
+        ..Default::default()
+    };
+    students.list_courses(list).await.expect("ListCourses");
+
+    let (status, body) = http_get(metrics_address, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let mut described = HashMap::new();
+    let mut typed = HashMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            described.insert(name.to_owned(), help.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            typed.insert(name.to_owned(), kind.to_owned());
+        }
+    }
+    let mut series = 0;
+    for line in body
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+    {
+        series += 1;
+        let name = line.split(['{', ' ']).next().unwrap_or(line);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| typed.get(*base).is_some_and(|kind| kind == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "{name} has no # TYPE");
+        assert!(
+            described.get(family).is_some_and(|help| !help.is_empty()),
+            "{family} has no # HELP"
+        );
+    }
+    for family in [
+        "student_service_db_statement_seconds",
+        "student_service_enrollments_created_total",
+        "grpc_server_handled_total",
+    ] {
+        assert!(typed.contains_key(family), "{family} was recorded");
+    }
+    eprintln!(
+        "{series} series in {} families, each described",
+        typed.len()
+    );
 }

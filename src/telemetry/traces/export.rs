@@ -551,7 +551,7 @@ impl Losses {
     fn dropped(&self, spans: usize, why: &dyn std::fmt::Display) {
         let spans = spans as u64;
         let total = self.dropped.fetch_add(spans, Ordering::Relaxed) + spans;
-        metrics::counter!("student_service_trace_spans_dropped_total").increment(spans);
+        metrics::counter!(crate::telemetry::catalogue::TRACE_SPANS_DROPPED.name).increment(spans);
         let Ok(mut last) = self.last_warning.lock() else {
             return;
         };
