@@ -3,6 +3,7 @@
 
 use sqlx::error::{DatabaseError, ErrorKind};
 
+use super::refusals;
 use crate::error::Error;
 
 impl From<sqlx::Error> for Error {
@@ -121,17 +122,28 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     kind(err) == Some(ErrorKind::ForeignKeyViolation)
 }
 
-/// Raised by the seat-counting trigger of the migrations on both backends.
+/// The seat trigger's refusal of a full course ([`refusals::COURSE_FULL`]): by its SQLSTATE on
+/// PostgreSQL, by its message on SQLite, whose triggers cannot raise a code of their own.
 pub(super) fn is_course_full(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.message() == "COURSE_FULL")
+    let sqlx::Error::Database(db) = err else {
+        return false;
+    };
+    if let Some(postgres) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return postgres.code() == refusals::COURSE_FULL_SQLSTATE;
+    }
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        && db.message() == refusals::COURSE_FULL
 }
 
-/// The course a PostgreSQL COURSE_FULL names in its detail (see migrations/postgres/0005).
+/// The course a PostgreSQL COURSE_FULL names in its detail ([`refusals::COURSE_FULL_SQLSTATE`]).
 pub(super) fn full_course(err: &sqlx::Error) -> Option<i64> {
     let sqlx::Error::Database(db) = err else {
         return None;
     };
     let postgres = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    if postgres.code() != refusals::COURSE_FULL_SQLSTATE {
+        return None;
+    }
     postgres.detail()?.parse().ok()
 }
 

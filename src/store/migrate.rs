@@ -22,15 +22,35 @@ impl Store {
     /// (none when it is up to date). Safe to run from several replicas at once: sqlx holds a
     /// database lock while it migrates.
     pub async fn migrate(&self) -> Result<Vec<Applied>, MigrateError> {
+        self.migrate_up_to(None).await
+    }
+
+    /// Like [`Store::migrate`], but stops after migration `version`: leaves the database as
+    /// the release that shipped that migration would have, for upgrade tests and for operators
+    /// who must reproduce such a database. The server and `student-service migrate` always
+    /// apply every migration.
+    pub async fn migrate_to(&self, version: i64) -> Result<Vec<Applied>, MigrateError> {
+        self.migrate_up_to(Some(version)).await
+    }
+
+    async fn migrate_up_to(&self, target: Option<i64>) -> Result<Vec<Applied>, MigrateError> {
         let before = self.applied_versions().await;
         let migrator = match &self.0 {
             Backend::Sqlite { .. } => &SQLITE,
             Backend::Postgres(_) => &POSTGRES,
         };
-        with_writer!(self, "migrate", pool => migrator.run(pool).await)?;
+        let wanted = |version: i64| target.is_none_or(|target| version <= target);
+        with_writer!(self, "migrate", pool => match target {
+            Some(target) => migrator.run_to(target, pool).await,
+            None => migrator.run(pool).await,
+        })?;
         Ok(migrator
             .iter()
-            .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
+            .filter(|m| {
+                m.migration_type.is_up_migration()
+                    && wanted(m.version)
+                    && !before.contains(&m.version)
+            })
             .map(|m| Applied {
                 version: m.version,
                 description: m.description.to_string(),

@@ -31,6 +31,7 @@ mod pg_pool;
 mod postgres;
 mod probe;
 mod redact;
+pub mod refusals;
 mod rows;
 mod sqlite;
 mod sqlite_direct;

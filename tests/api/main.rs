@@ -18,6 +18,7 @@ mod races;
 mod reliability;
 mod replica_races;
 mod resilience;
+mod schema;
 mod security;
 mod startup;
 mod students;
