@@ -1,6 +1,7 @@
 //! The rules of the service: what a valid request is, the records it deals in, and paging.
 //! Nothing here knows about gRPC or SQL.
 
+mod batch;
 mod events;
 mod page;
 #[cfg(test)]
@@ -9,16 +10,14 @@ mod requests;
 mod text;
 mod updates;
 
+pub use batch::{BatchAssign, MAX_BATCH_COURSES};
 pub use events::{EventFilter, parse_watch};
 pub use page::{Listing, Page, PageRequest};
 pub use requests::{
     NewCourse, NewStudent, SearchQuery, StudentCourse, parse_list_of, parse_list_students,
     parse_search, parse_single_id, parse_student_course,
 };
-pub use updates::{
-    BatchAssign, CourseFields, CourseUpdate, Delete, MAX_BATCH_COURSES, StudentFields,
-    StudentUpdate, etag,
-};
+pub use updates::{CourseFields, CourseUpdate, Delete, StudentFields, StudentUpdate, etag};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
