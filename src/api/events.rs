@@ -96,7 +96,10 @@ impl EventApi {
             let (events, head) = match self.next_page(cursor, filter).await {
                 Ok(page) => page,
                 Err(err) => {
-                    let _ = sender.send(Err(err.into())).await;
+                    // Sent in the stream's trailers, where the per-call layer cannot see it.
+                    let status = Status::from(err);
+                    super::observe::log_failure(&status);
+                    let _ = sender.send(Err(status)).await;
                     return;
                 }
             };

@@ -32,7 +32,7 @@ use std::{
 
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use tonic::Code;
+use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{
     Instrument, Span,
@@ -43,7 +43,10 @@ use super::{
     BoxFuture,
     rpc::{Messages, Rpc},
 };
-use crate::telemetry::{metrics::enabled as metrics_on, traces};
+use crate::{
+    error::Error,
+    telemetry::{metrics::enabled as metrics_on, traces},
+};
 
 /// Adds [`Observe`] to every service of the server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -113,6 +116,9 @@ where
                     }
                 };
                 if let Some(code) = grpc_status(&parts.headers) {
+                    if let Some(status) = parts.extensions.get::<Status>() {
+                        log_failure(status);
+                    }
                     call.finish(code);
                 }
                 let body = ObservedBody {
@@ -158,6 +164,27 @@ fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<traces::Se
         span.record("trace_id", display(trace_id));
     }
     (span, trace)
+}
+
+/// Failures of ours are logged with their cause, which the client never sees (it rides in the
+/// status's source, put there by `api::status`); a client's own mistakes are not worth more than
+/// the per-call log line, and neither are calls refused under overload or cut off by their
+/// deadline (one more line each would add to the overload).
+pub(super) fn log_failure(status: &Status) {
+    let Some(err) = std::error::Error::source(status)
+        .and_then(|source| source.downcast_ref::<crate::error::Error>())
+    else {
+        return;
+    };
+    let code = status.code();
+    let cause = std::error::Error::source(err).map(|source| source.to_string());
+    match err {
+        Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
+        Error::Unavailable(_) | Error::ReadOnly(_) | Error::Conflict(_) => {
+            tracing::warn!(?code, cause, "{err}")
+        }
+        _ => {}
+    }
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {

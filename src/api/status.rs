@@ -1,6 +1,6 @@
 //! The one place where service errors become gRPC statuses.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -25,17 +25,16 @@ const MAX_MESSAGE_BYTES: usize = 1024;
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let (code, reason, metadata) = classify(&err);
-        log(&err, code);
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
-        let message = match err {
+        let message = match &err {
             Error::InvalidArgument(violations) => {
                 let not_listed = violations.len().saturating_sub(MAX_VIOLATIONS_LISTED);
                 let listed: Vec<FieldViolation> = violations
-                    .into_iter()
+                    .iter()
                     .take(MAX_VIOLATIONS_LISTED)
                     .map(|violation| FieldViolation {
+                        field: violation.field.clone(),
                         description: truncated(&violation.description, MAX_DESCRIPTION_BYTES),
-                        ..violation
                     })
                     .collect();
                 for violation in &listed {
@@ -52,7 +51,12 @@ impl From<Error> for Status {
             }
             err => err.to_string(),
         };
-        Status::with_error_details(code, truncated(&message, MAX_MESSAGE_BYTES), details)
+        let mut status =
+            Status::with_error_details(code, truncated(&message, MAX_MESSAGE_BYTES), details);
+        // The error rides along inside the process (tonic never sends a status's source), for
+        // the per-call layer to log with its cause (`api::observe::log_failure`).
+        status.set_source(Arc::new(err));
+        status
     }
 }
 
@@ -177,20 +181,6 @@ fn id_key(resource: Resource) -> &'static str {
 fn id_list(ids: &[i64]) -> String {
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     ids.join(",")
-}
-
-/// Failures of ours are logged with their cause, which the client never sees; a client's own
-/// mistakes are not worth more than the per-call log line, and neither are calls refused under
-/// overload or cut off by their deadline (one more line each would add to the overload).
-fn log(err: &Error, code: Code) {
-    let cause = std::error::Error::source(err).map(|source| source.to_string());
-    match err {
-        Error::Internal(_) => tracing::error!(?code, cause, "internal error"),
-        Error::Unavailable(_) | Error::ReadOnly(_) | Error::Conflict(_) => {
-            tracing::warn!(?code, cause, "{err}")
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]

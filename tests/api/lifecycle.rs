@@ -512,6 +512,96 @@ async fn postgres_a_read_only_database_is_unavailable_and_not_serving_until_writ
     app.stop().await;
 }
 
+/// A failure of ours is logged with its cause, once, by the per-call layer, and the cause never
+/// reaches the client: a write refused by a read-only PostgreSQL leaves the database's own words
+/// in the server's log and none in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+)]
+async fn postgres_a_failure_is_logged_with_its_cause_which_the_client_never_sees() {
+    let database = TestDatabase::create(&Backend::postgres()).await;
+    let address = crate::process::free_address();
+    let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .env("DATABASE_URL", &database.url)
+        .env("LISTEN_ADDR", address.to_string())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start student-service");
+    let started = Instant::now();
+    let channel = loop {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
+        if let Ok(channel) = endpoint.connect().await {
+            break channel;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut students = pb::student_service_client::StudentServiceClient::new(channel);
+    let mut admin = sqlx::PgConnection::connect(&database.url)
+        .await
+        .expect("connect");
+    admin
+        .execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
+        )
+        .await
+        .expect("read-only");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .expect("terminate sessions");
+    let started = Instant::now();
+    let refused = loop {
+        let answer = students
+            .create_student(pb::CreateStudentRequest {
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            })
+            .await;
+        let status = answer.expect_err("no write succeeds on a read-only database");
+        if crate::helpers::error_reason(&status) == "DATABASE_READ_ONLY" {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{status:?}");
+    };
+    assert!(
+        !refused.message().contains("INSERT") && !refused.message().contains("transaction"),
+        "the database's words stay in the server: {refused:?}"
+    );
+    admin.close().await.expect("close");
+
+    let pid = server.id().expect("the server runs").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.expect("kill").success());
+    let output = tokio::time::timeout(Duration::from_secs(15), server.wait_with_output())
+        .await
+        .expect("the server exits")
+        .expect("its output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("the database is read-only now"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("WARN") && line.contains("read-only transaction")),
+        "the refusal is logged with the database's words:\n{log}"
+    );
+    eprintln!("{}", lines[0]);
+}
+
 async fn wait_for_health(
     health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
     wanted: ServingStatus,
