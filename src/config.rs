@@ -133,6 +133,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_concurrent_streams: u32,
 
+    /// On a SQLite file, read ListCourses through read-only connections of the server's own on
+    /// the calling thread (`on`), or through the connection pool like every other read (`off`).
+    #[arg(long, env = "SQLITE_DIRECT_READS", value_enum, default_value_t = Switch::On, hide_env_values = true)]
+    pub sqlite_direct_reads: Switch,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -168,6 +173,13 @@ pub struct SecurityArgs {
     pub auth_reflection: bool,
 }
 
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -179,6 +191,7 @@ impl Cli {
         PoolSettings {
             max_connections: self.database_max_connections,
             acquire_timeout: self.database_acquire_timeout,
+            sqlite_direct_reads: self.serve.sqlite_direct_reads == Switch::On,
         }
     }
 }
@@ -215,5 +228,19 @@ mod tests {
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn direct_reads_are_on_unless_switched_off() {
+        let direct_reads = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["student-service"], args].concat());
+            cli.expect("the arguments parse")
+                .pool_settings()
+                .sqlite_direct_reads
+        };
+        assert!(direct_reads(&[]));
+        assert!(direct_reads(&["--sqlite-direct-reads", "on"]));
+        assert!(!direct_reads(&["--sqlite-direct-reads", "off"]));
+        assert!(Cli::try_parse_from(["student-service", "--sqlite-direct-reads", "no"]).is_err());
     }
 }

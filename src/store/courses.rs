@@ -306,23 +306,25 @@ mod tests {
         .await;
     }
 
+    /// A store on a new SQLite file holding [`COURSES`] courses, and the file's directory.
+    async fn seeded(settings: PoolSettings) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite:{}", dir.path().join("school.db").display());
+        let store = Store::connect(&url, &settings)
+            .await
+            .expect("the store opens");
+        store.migrate().await.expect("migrations apply");
+        seed(&store).await;
+        (dir, store)
+    }
+
     /// The direct reader and the pool (sqlx) read every page of a student's courses alike,
     /// whole courses compared field by field, and both read what the database holds: a field
     /// read from another column of its type (capacity for enrolled, revision for create_time)
     /// shows here.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_direct_reader_and_the_pool_read_the_same_courses_page_after_page() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let url = format!("sqlite:{}", dir.path().join("school.db").display());
-        let settings = PoolSettings {
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(5),
-        };
-        let store = Store::connect(&url, &settings)
-            .await
-            .expect("the store opens");
-        store.migrate().await.expect("migrations apply");
-        seed(&store).await;
+        let (_dir, store) = seeded(PoolSettings::for_tests()).await;
 
         let mut read = Vec::new();
         let mut page = PageRequest { size: 2, after: 0 };
@@ -348,5 +350,47 @@ mod tests {
         let all: Vec<Course> = (1..=COURSES).map(expected).collect();
         assert_eq!(read, all);
         store.close().await;
+    }
+
+    /// With `sqlite_direct_reads` off, ListCourses reads through the reader pool: with every
+    /// pooled connection held, it waits for one and fails UNAVAILABLE, where the direct readers
+    /// (on) answer without the pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_courses_reads_through_the_pool_when_direct_reads_are_off() {
+        let all: Vec<Course> = (1..=COURSES).map(expected).collect();
+        let page = PageRequest { size: 20, after: 0 };
+        for direct_reads in [true, false] {
+            let settings = PoolSettings {
+                acquire_timeout: Duration::from_millis(200),
+                sqlite_direct_reads: direct_reads,
+                ..PoolSettings::for_tests()
+            };
+            let (_dir, store) = seeded(settings.clone()).await;
+            let Backend::Sqlite { readers, .. } = &store.0 else {
+                unreachable!("a SQLite store")
+            };
+            let mut held = Vec::new();
+            for _ in 0..settings.max_connections {
+                held.push(readers.acquire().await.expect("a pooled reader"));
+            }
+
+            let listed = store.list_courses_of(1, &page).await;
+            if direct_reads {
+                assert_eq!(listed.expect("read directly"), all);
+            } else {
+                assert!(
+                    matches!(listed, Err(Error::Unavailable(sqlx::Error::PoolTimedOut))),
+                    "{listed:?}"
+                );
+            }
+            drop(held);
+            let listed = store.list_courses_of(1, &page).await;
+            assert_eq!(
+                listed.expect("read with the pool free"),
+                all,
+                "{direct_reads}"
+            );
+            store.close().await;
+        }
     }
 }

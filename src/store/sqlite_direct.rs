@@ -20,6 +20,8 @@
 //! it sees every commit acknowledged before it began, like the pool's readers. The in-memory
 //! database lives in sqlx's one connection, which these cannot share: it reads through the pool.
 //!
+//! `--sqlite-direct-reads off` opens none: ListCourses then reads through the pool.
+//!
 //! [`DirectReaders::close`] closes them before the pools at shutdown: SQLite folds the WAL back
 //! into the database file when its last connection closes, which only a connection that can
 //! write (the pool's) can do.
@@ -301,10 +303,7 @@ mod tests {
     async fn a_closed_store_folds_the_wal_back_into_the_file() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("school.db");
-        let settings = crate::store::PoolSettings {
-            max_connections: 2,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        };
+        let settings = crate::store::PoolSettings::for_tests();
         let url = format!("sqlite:{}", path.display());
         let store = crate::store::Store::connect(&url, &settings)
             .await

@@ -235,6 +235,7 @@ pub(crate) fn pool_settings() -> PoolSettings {
     PoolSettings {
         max_connections: 8,
         acquire_timeout: Duration::from_secs(3),
+        sqlite_direct_reads: true,
     }
 }
 
