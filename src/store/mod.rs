@@ -44,6 +44,7 @@ use checkpoint::Checkpointer;
 pub use events::{Event, EventRange, Leadership, follow_head, retain_events};
 use group_commit::Assigner;
 pub use migrate::Applied;
+pub use pg_pool::{CLOSE_REASONS, CONNECTIONS_CLOSED as DATABASE_CONNECTIONS_CLOSED};
 use pg_pool::{Connections, Lent};
 pub use probe::{Probe, Readiness};
 pub use redact::redact;
@@ -64,6 +65,10 @@ pub struct PoolSettings {
     /// On a SQLite file, whether the server reads ListCourses through read-only connections of
     /// its own (see `sqlite_direct`); when not, through the reader pool like every other read.
     pub sqlite_direct_reads: bool,
+    /// On PostgreSQL, the longest a pooled connection lives (see `pg_pool`); `None` for ever.
+    pub max_lifetime: Option<Duration>,
+    /// On PostgreSQL, the longest a pooled connection sits idle; `None` for ever.
+    pub idle_timeout: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -74,6 +79,8 @@ impl PoolSettings {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(5),
             sqlite_direct_reads: true,
+            max_lifetime: None,
+            idle_timeout: None,
         }
     }
 }

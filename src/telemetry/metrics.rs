@@ -165,6 +165,10 @@ fn describe() {
         "ListCourses reads on a SQLite file that went through the connection pool because the direct readers were all in use (reason in_use) or SQLite was busy (reason busy)."
     );
     describe_counter!(
+        crate::store::DATABASE_CONNECTIONS_CLOSED,
+        "PostgreSQL connections the pool closed because they had lived their lifetime (reason lifetime) or sat idle their idle timeout (reason idle), or dropped because they failed or could not be settled (reason broken)."
+    );
+    describe_counter!(
         "student_service_trace_spans_dropped_total",
         "Trace spans dropped: their batch could not be delivered to the collector (retries included), or they found the export queue full."
     );
@@ -194,6 +198,10 @@ fn register_at_zero() {
     // The reasons store::sqlite_direct counts (0 for good on PostgreSQL, which has no direct readers).
     for reason in ["in_use", "busy"] {
         counter!(crate::store::SQLITE_DIRECT_FALLBACKS, "reason" => reason).increment(0);
+    }
+    // The reasons store::pg_pool counts (0 for good on SQLite, whose pools are sqlx's).
+    for reason in crate::store::CLOSE_REASONS {
+        counter!(crate::store::DATABASE_CONNECTIONS_CLOSED, "reason" => reason).increment(0);
     }
     // 0 unless the relay runs and has events waiting (it sets it each round).
     metrics::gauge!("student_service_events_relay_lag").set(0.0);

@@ -236,6 +236,8 @@ pub(crate) fn pool_settings() -> PoolSettings {
         max_connections: 8,
         acquire_timeout: Duration::from_secs(3),
         sqlite_direct_reads: true,
+        max_lifetime: Some(Duration::from_secs(30 * 60)),
+        idle_timeout: Some(Duration::from_secs(10 * 60)),
     }
 }
 
