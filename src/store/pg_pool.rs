@@ -575,11 +575,9 @@ mod tests {
         while pool.size() > 0 && returned.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // At most a quarter of the timeout late (the sweep's period), and the test's own steps.
-        assert!(
-            returned.elapsed() < Duration::from_millis(600),
-            "{returned:?}"
-        );
+        // A quarter of the timeout late at most (the sweep's period), with room for a loaded
+        // machine; without the sweep they would stay.
+        assert!(returned.elapsed() < Duration::from_secs(1), "{returned:?}");
         assert_eq!((pool.size(), pool.num_idle()), (0, 0));
         assert_gone(&pids).await;
         assert_eq!(closed(&metrics, "idle"), 2, "{}", metrics.render());
