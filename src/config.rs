@@ -39,6 +39,17 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true, hide_env_values = true)]
     pub database_acquire_timeout: Duration,
 
+    /// On PostgreSQL, how long a pooled connection may live: once past it, it is closed when it
+    /// comes back (never while in use). Each connection's is drawn up to a tenth shorter, so that
+    /// connections opened together do not reconnect together. `0s` for no limit.
+    #[arg(long, env = "DATABASE_MAX_LIFETIME", default_value = "30m", value_parser = parse_duration, global = true, hide_env_values = true)]
+    pub database_max_lifetime: Duration,
+
+    /// On PostgreSQL, how long a pooled connection may sit unused before it is closed (drawn up
+    /// to a tenth shorter per connection). `0s` for no limit.
+    #[arg(long, env = "DATABASE_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration, global = true, hide_env_values = true)]
+    pub database_idle_timeout: Duration,
+
     /// Log format: human-readable `text` or one JSON object per line. Levels come from RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, hide_env_values = true)]
     pub log_format: LogFormat,
@@ -133,6 +144,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_concurrent_streams: u32,
 
+    /// On a SQLite file, read ListCourses through read-only connections of the server's own on
+    /// the calling thread (`on`), or through the connection pool like every other read (`off`).
+    #[arg(long, env = "SQLITE_DIRECT_READS", value_enum, default_value_t = Switch::On, hide_env_values = true)]
+    pub sqlite_direct_reads: Switch,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -168,6 +184,13 @@ pub struct SecurityArgs {
     pub auth_reflection: bool,
 }
 
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -179,8 +202,16 @@ impl Cli {
         PoolSettings {
             max_connections: self.database_max_connections,
             acquire_timeout: self.database_acquire_timeout,
+            sqlite_direct_reads: self.serve.sqlite_direct_reads == Switch::On,
+            max_lifetime: limit(self.database_max_lifetime),
+            idle_timeout: limit(self.database_idle_timeout),
         }
     }
+}
+
+/// A duration that limits something, `0` for no limit.
+fn limit(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }
 
 /// `250ms`, `3s`, `2m`, `6h` or `7d`.
@@ -215,5 +246,37 @@ mod tests {
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn connection_limits_default_to_sqlx_s_and_zero_is_none() {
+        let settings = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["student-service"], args].concat());
+            let settings = cli.expect("the arguments parse").pool_settings();
+            (settings.max_lifetime, settings.idle_timeout)
+        };
+        let minutes = |m: u64| Some(Duration::from_secs(m * 60));
+        assert_eq!(settings(&[]), (minutes(30), minutes(10)));
+        let set = [
+            "--database-max-lifetime",
+            "300ms",
+            "--database-idle-timeout",
+            "0s",
+        ];
+        assert_eq!(settings(&set), (Some(Duration::from_millis(300)), None));
+    }
+
+    #[test]
+    fn direct_reads_are_on_unless_switched_off() {
+        let direct_reads = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["student-service"], args].concat());
+            cli.expect("the arguments parse")
+                .pool_settings()
+                .sqlite_direct_reads
+        };
+        assert!(direct_reads(&[]));
+        assert!(direct_reads(&["--sqlite-direct-reads", "on"]));
+        assert!(!direct_reads(&["--sqlite-direct-reads", "off"]));
+        assert!(Cli::try_parse_from(["student-service", "--sqlite-direct-reads", "no"]).is_err());
     }
 }

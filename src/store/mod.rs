@@ -62,6 +62,27 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a call waits for a free connection before it fails with UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// On a SQLite file, whether the server reads ListCourses through read-only connections of
+    /// its own (see `sqlite_direct`); when not, through the reader pool like every other read.
+    pub sqlite_direct_reads: bool,
+    /// On PostgreSQL, the longest a pooled connection lives (see `pg_pool`); `None` for ever.
+    pub max_lifetime: Option<Duration>,
+    /// On PostgreSQL, the longest a pooled connection sits idle; `None` for ever.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[cfg(test)]
+impl PoolSettings {
+    /// Two connections, 5 s to get one, the direct readers on.
+    pub(crate) fn for_tests() -> PoolSettings {
+        PoolSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_direct_reads: true,
+            max_lifetime: None,
+            idle_timeout: None,
+        }
+    }
 }
 
 /// An open database of either kind. Cloning is cheap (pools are shared handles). What it holds
@@ -234,7 +255,9 @@ impl Store {
         .then(|| Arc::new(Checkpointer::start(readers.clone())));
         let direct = match &location {
             sqlite::Location::File(path)
-                if opener == Opener::Server && !sqlite::names_a_vfs(url) =>
+                if settings.sqlite_direct_reads
+                    && opener == Opener::Server
+                    && !sqlite::names_a_vfs(url) =>
             {
                 let readers = DirectReaders::open(path, direct_connections());
                 Some(Arc::new(readers.map_err(ConnectError::Direct)?))

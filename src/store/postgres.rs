@@ -46,7 +46,7 @@ pub(super) async fn open(url: &str, settings: &PoolSettings) -> Result<Connectio
     {
         options = options.options([("client_min_messages", "warning")]);
     }
-    Connections::open(options, settings.max_connections, settings.acquire_timeout).await
+    Connections::open(options, settings).await
 }
 
 /// The URL without the query parameters sqlx would ignore, each dropped with a warning naming

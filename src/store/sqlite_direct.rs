@@ -20,6 +20,8 @@
 //! it sees every commit acknowledged before it began, like the pool's readers. The in-memory
 //! database lives in sqlx's one connection, which these cannot share: it reads through the pool.
 //!
+//! `--sqlite-direct-reads off` opens none: ListCourses then reads through the pool.
+//!
 //! [`DirectReaders::close`] closes them before the pools at shutdown: SQLite folds the WAL back
 //! into the database file when its last connection closes, which only a connection that can
 //! write (the pool's) can do.
@@ -160,26 +162,59 @@ fn is_busy(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// The rows of `sql` (the store's own statement, `$1`.. bound in order) as courses, in the
-/// column order `id, code, title, capacity, enrolled, create_time, revision`.
+/// The rows of `sql` (the store's own statement, `$1`.. bound in order) as courses, each field
+/// read from the column of its name, as sqlx's `FromRow` reads them.
 pub(super) fn courses(
     connection: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> rusqlite::Result<Vec<Course>> {
     let mut statement = connection.prepare_cached(sql)?;
-    let rows = statement.query_map(params, |row| {
-        Ok(Course {
-            id: row.get(0)?,
-            code: row.get(1)?,
-            title: row.get(2)?,
-            capacity: row.get(3)?,
-            enrolled: row.get(4)?,
-            create_time: row.get(5)?,
-            revision: row.get(6)?,
-        })
-    })?;
+    let columns = CourseColumns::of(&statement)?;
+    let rows = statement.query_map(params, |row| columns.course(row))?;
     rows.collect()
+}
+
+/// Where each field of a course is among a statement's columns. Found by name once per read,
+/// not once per row (a name is found by comparing it with each column's in turn): by name, a
+/// select list in another order cannot swap two fields of one type (capacity and enrolled,
+/// create_time and revision), and a missing column fails the read instead of shifting the rest.
+#[derive(Debug)]
+struct CourseColumns {
+    id: usize,
+    code: usize,
+    title: usize,
+    capacity: usize,
+    enrolled: usize,
+    create_time: usize,
+    revision: usize,
+}
+
+impl CourseColumns {
+    fn of(statement: &rusqlite::Statement<'_>) -> rusqlite::Result<CourseColumns> {
+        let at = |name| statement.column_index(name);
+        Ok(CourseColumns {
+            id: at("id")?,
+            code: at("code")?,
+            title: at("title")?,
+            capacity: at("capacity")?,
+            enrolled: at("enrolled")?,
+            create_time: at("create_time")?,
+            revision: at("revision")?,
+        })
+    }
+
+    fn course(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<Course> {
+        Ok(Course {
+            id: row.get(self.id)?,
+            code: row.get(self.code)?,
+            title: row.get(self.title)?,
+            capacity: row.get(self.capacity)?,
+            enrolled: row.get(self.enrolled)?,
+            create_time: row.get(self.create_time)?,
+            revision: row.get(self.revision)?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -268,10 +303,7 @@ mod tests {
     async fn a_closed_store_folds_the_wal_back_into_the_file() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("school.db");
-        let settings = crate::store::PoolSettings {
-            max_connections: 2,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        };
+        let settings = crate::store::PoolSettings::for_tests();
         let url = format!("sqlite:{}", path.display());
         let store = crate::store::Store::connect(&url, &settings)
             .await

@@ -90,6 +90,12 @@ pub const DB_STATEMENT_SECONDS: Metric = histogram(
     Some(Unit::Seconds),
     "Time the database statements of one store operation took, connection in hand.",
 );
+pub const DB_POOL_CONNECTIONS_CLOSED: Metric = counter(
+    "student_service_db_pool_connections_closed_total",
+    "PostgreSQL connections the pool closed because they had lived their lifetime (reason lifetime) or sat idle their idle timeout (reason idle), or dropped because they failed or could not be settled (reason broken).",
+);
+/// The reasons of [`DB_POOL_CONNECTIONS_CLOSED`].
+pub const DB_POOL_CLOSE_REASONS: [&str; 3] = ["lifetime", "idle", "broken"];
 pub const HEALTH_STATUS: Metric = gauge(
     "student_service_health_status",
     "Health reported for the service name: 1 SERVING, 0 NOT_SERVING.",
@@ -127,7 +133,7 @@ pub const BUILD_INFO: Metric = gauge(
 );
 
 /// Every metric above.
-pub const ALL: [&Metric; 17] = [
+pub const ALL: [&Metric; 18] = [
     &GRPC_STARTED,
     &GRPC_HANDLED,
     &GRPC_MESSAGES_RECEIVED,
@@ -137,6 +143,7 @@ pub const ALL: [&Metric; 17] = [
     &DB_POOL_MAX_CONNECTIONS,
     &DB_POOL_ACQUIRE_SECONDS,
     &DB_STATEMENT_SECONDS,
+    &DB_POOL_CONNECTIONS_CLOSED,
     &HEALTH_STATUS,
     &ENROLLMENTS_CREATED,
     &ENROLLMENTS_REFUSED_FULL,

@@ -135,6 +135,10 @@ fn register_at_zero() {
     for reason in catalogue::SQLITE_DIRECT_FALLBACK_REASONS {
         counter!(catalogue::SQLITE_DIRECT_FALLBACKS.name, "reason" => reason).increment(0);
     }
+    // 0 for good on SQLite, whose pools are sqlx's.
+    for reason in catalogue::DB_POOL_CLOSE_REASONS {
+        counter!(catalogue::DB_POOL_CONNECTIONS_CLOSED.name, "reason" => reason).increment(0);
+    }
     // 0 unless the relay runs and has events waiting (it sets it each round).
     gauge!(catalogue::EVENTS_RELAY_LAG.name).set(0.0);
 }

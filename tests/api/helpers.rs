@@ -235,6 +235,9 @@ pub(crate) fn pool_settings() -> PoolSettings {
     PoolSettings {
         max_connections: 8,
         acquire_timeout: Duration::from_secs(3),
+        sqlite_direct_reads: true,
+        max_lifetime: Some(Duration::from_secs(30 * 60)),
+        idle_timeout: Some(Duration::from_secs(10 * 60)),
     }
 }
 

@@ -14,6 +14,7 @@ mod metrics;
 mod nats;
 mod pagination;
 mod parity;
+mod pg_pool;
 mod races;
 mod reliability;
 mod replica_races;

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 use super::WriteBlock;
-use crate::helpers::{Backend, TestApp, TestDatabase, on_both_backends};
+use crate::helpers::{Backend, TestApp, TestDatabase, on_both_backends, pool_settings};
 
 on_both_backends!(health_stays_serving_while_enrollments_queue_behind_a_lock);
 
@@ -25,6 +25,7 @@ async fn health_stays_serving_while_enrollments_queue_behind_a_lock(backend: Bac
     let pool = PoolSettings {
         max_connections: 2,
         acquire_timeout: Duration::from_secs(10),
+        ..pool_settings()
     };
     let database = TestDatabase::create(&backend).await;
     let app = TestApp::spawn_with_pool(database, settings, pool).await;
@@ -92,6 +93,7 @@ async fn watchers_that_cannot_read_leave_the_pool_to_other_calls() {
     let pool = PoolSettings {
         max_connections: 4,
         acquire_timeout: Duration::from_millis(500),
+        ..pool_settings()
     };
     let database = TestDatabase::create(&Backend::postgres()).await;
     let app = TestApp::spawn_with_pool(database, ServerSettings::default(), pool).await;
