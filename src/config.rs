@@ -80,26 +80,26 @@ pub struct ServeArgs {
 
     /// How often the health probe asks the database, on a connection of its own, whether it
     /// answers and takes writes.
-    #[arg(long, env = "HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration, hide_env_values = true)]
+    #[arg(long, env = "HEALTH_INTERVAL", default_value = defaults::HEALTH_INTERVAL, value_parser = parse_duration, hide_env_values = true)]
     pub health_interval: Duration,
 
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the process exits.
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = defaults::DRAIN_TIMEOUT, value_parser = parse_duration, hide_env_values = true)]
     pub drain_timeout: Duration,
 
     /// The longest any call may run before it fails with DEADLINE_EXCEEDED; a client's shorter
     /// deadline (grpc-timeout) wins.
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, hide_env_values = true)]
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_parser = parse_duration, hide_env_values = true)]
     pub request_timeout: Duration,
 
     /// While a WatchEnrollmentEvents stream has nothing to send, a response with no events (and
     /// the head sequence) goes out this often, so the watcher knows it is alive and current.
-    #[arg(long, env = "WATCH_HEARTBEAT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
+    #[arg(long, env = "WATCH_HEARTBEAT", default_value = defaults::WATCH_HEARTBEAT, value_parser = parse_duration, hide_env_values = true)]
     pub watch_heartbeat: Duration,
 
     /// Enrollment events older than this are deleted (in small batches, oldest first); a
     /// watcher asking for them gets OUT_OF_RANGE EVENTS_COMPACTED.
-    #[arg(long, env = "EVENTS_RETENTION", default_value = "7d", value_parser = parse_duration, hide_env_values = true)]
+    #[arg(long, env = "EVENTS_RETENTION", default_value = defaults::EVENTS_RETENTION, value_parser = parse_duration, hide_env_values = true)]
     pub events_retention: Duration,
 
     /// Publish every enrollment event to NATS JetStream at this URL (e.g. nats://127.0.0.1:4222),
@@ -127,7 +127,7 @@ pub struct ServeArgs {
 
     /// Calls served at once across all connections; one more fails at once with
     /// RESOURCE_EXHAUSTED. Health checks and reflection are not counted.
-    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_in_flight: u32,
 
     /// Serve Prometheus metrics (text format 0.0.4) at `GET /metrics` over plain HTTP/1.1 on this
@@ -137,11 +137,11 @@ pub struct ServeArgs {
 
     /// How long a new connection may take to get going before it is closed: on the gRPC port, to
     /// finish TLS and send the HTTP/2 preface; on the metrics port, to send a request's head.
-    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, hide_env_values = true)]
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = defaults::HANDSHAKE_TIMEOUT, value_parser = parse_duration, hide_env_values = true)]
     pub handshake_timeout: Duration,
 
     /// HTTP/2 streams (calls) one connection may have open at once; clients queue the rest.
-    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = defaults::MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     pub max_concurrent_streams: u32,
 
     /// On a SQLite file, read ListCourses through read-only connections of the server's own on
@@ -214,6 +214,24 @@ fn limit(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
 
+/// The defaults of the server's settings, defined once: the command line shows and applies them,
+/// and `ServerSettings::default()` (what the tests start) reads the same.
+pub mod defaults {
+    pub const HEALTH_INTERVAL: &str = "1s";
+    pub const DRAIN_TIMEOUT: &str = "10s";
+    pub const REQUEST_TIMEOUT: &str = "30s";
+    pub const WATCH_HEARTBEAT: &str = "10s";
+    pub const EVENTS_RETENTION: &str = "7d";
+    pub const HANDSHAKE_TIMEOUT: &str = "10s";
+    pub const MAX_IN_FLIGHT: u32 = 1024;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+}
+
+/// One of the [`defaults`] durations (each parses: `defaults_are_valid_durations`).
+pub fn default_duration(text: &str) -> Duration {
+    parse_duration(text).expect("a default is a valid duration")
+}
+
 /// `250ms`, `3s`, `2m`, `6h` or `7d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -239,6 +257,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_valid_durations() {
+        for text in [
+            defaults::HEALTH_INTERVAL,
+            defaults::DRAIN_TIMEOUT,
+            defaults::REQUEST_TIMEOUT,
+            defaults::WATCH_HEARTBEAT,
+            defaults::EVENTS_RETENTION,
+            defaults::HANDSHAKE_TIMEOUT,
+        ] {
+            assert!(parse_duration(text).is_ok(), "{text}");
+        }
+    }
 
     #[test]
     fn durations_parse() {

@@ -60,16 +60,18 @@ pub struct ServerSettings {
 }
 
 impl Default for ServerSettings {
+    /// What the command line gives without flags (`config::defaults`).
     fn default() -> Self {
+        use crate::config::{default_duration, defaults};
         ServerSettings {
-            health_interval: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            max_in_flight: 1024,
-            max_concurrent_streams: 128,
-            handshake_timeout: Duration::from_secs(10),
-            watch_heartbeat: Duration::from_secs(10),
-            events_retention: Duration::from_secs(7 * 86_400),
+            health_interval: default_duration(defaults::HEALTH_INTERVAL),
+            drain_timeout: default_duration(defaults::DRAIN_TIMEOUT),
+            request_timeout: default_duration(defaults::REQUEST_TIMEOUT),
+            max_in_flight: defaults::MAX_IN_FLIGHT as usize,
+            max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+            handshake_timeout: default_duration(defaults::HANDSHAKE_TIMEOUT),
+            watch_heartbeat: default_duration(defaults::WATCH_HEARTBEAT),
+            events_retention: default_duration(defaults::EVENTS_RETENTION),
             nats: None,
             security: Security::default(),
         }
