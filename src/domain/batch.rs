@@ -64,17 +64,7 @@ impl BatchAssign {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
-
-    fn violations(err: Error) -> Vec<(String, String)> {
-        match err {
-            Error::InvalidArgument(violations) => violations
-                .into_iter()
-                .map(|v| (v.field.into_owned(), v.description))
-                .collect(),
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
-    }
+    use crate::domain::tests::violations;
 
     #[test]
     fn batches_report_every_bad_course_id() {

@@ -63,3 +63,19 @@ pub fn now_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use crate::error::Error;
+
+    /// The (field, description) pairs of an INVALID_ARGUMENT, in order.
+    pub(crate) fn violations(err: Error) -> Vec<(String, String)> {
+        match err {
+            Error::InvalidArgument(violations) => violations
+                .into_iter()
+                .map(|v| (v.field.into_owned(), v.description))
+                .collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

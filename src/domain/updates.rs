@@ -263,17 +263,7 @@ impl CourseUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
-
-    fn violations(err: Error) -> Vec<(String, String)> {
-        match err {
-            Error::InvalidArgument(violations) => violations
-                .into_iter()
-                .map(|v| (v.field.into_owned(), v.description))
-                .collect(),
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
-    }
+    use crate::domain::tests::violations;
 
     fn paths(paths: &[&str]) -> Vec<String> {
         paths.iter().map(|p| (*p).to_owned()).collect()
