@@ -443,21 +443,8 @@ async fn postgres_a_read_only_database_is_unavailable_and_not_serving_until_writ
     let mut admin = sqlx::PgConnection::connect(&app.database.url)
         .await
         .expect("connect");
-    let read_only = |on: bool| {
-        let value = if on { "on" } else { "off" };
-        format!(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {value}', current_database()); END $$"
-        )
-    };
-    // Sessions read the setting when they start: end the server's.
-    let reconnect = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND pid <> pg_backend_pid()";
 
-    admin
-        .execute(sqlx::AssertSqlSafe(read_only(true)))
-        .await
-        .expect("read-only");
-    admin.execute(reconnect).await.expect("terminate sessions");
+    set_read_only(&mut admin, true).await;
     wait_for_health(&mut health, ServingStatus::NotServing).await;
     let started = Instant::now();
     let refused = loop {
@@ -484,11 +471,7 @@ async fn postgres_a_read_only_database_is_unavailable_and_not_serving_until_writ
         "read-only",
     );
 
-    admin
-        .execute(sqlx::AssertSqlSafe(read_only(false)))
-        .await
-        .expect("writable");
-    admin.execute(reconnect).await.expect("terminate sessions");
+    set_read_only(&mut admin, false).await;
     wait_for_health(&mut health, ServingStatus::Serving).await;
     let started = Instant::now();
     loop {
@@ -548,19 +531,7 @@ async fn postgres_a_failure_is_logged_with_its_cause_which_the_client_never_sees
     let mut admin = sqlx::PgConnection::connect(&database.url)
         .await
         .expect("connect");
-    admin
-        .execute(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
-        )
-        .await
-        .expect("read-only");
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .await
-        .expect("terminate sessions");
+    set_read_only(&mut admin, true).await;
     let started = Instant::now();
     let refused = loop {
         let answer = students
@@ -600,6 +571,27 @@ async fn postgres_a_failure_is_logged_with_its_cause_which_the_client_never_sees
         "the refusal is logged with the database's words:\n{log}"
     );
     eprintln!("{}", lines[0]);
+}
+
+/// Makes the database refuse writes (`on`) or take them again, as a standby and a primary do:
+/// `default_transaction_read_only` refuses with the same SQLSTATE (25006). Sessions read it when
+/// they start, so every other session is ended.
+async fn set_read_only(admin: &mut sqlx::PgConnection, on: bool) {
+    let value = if on { "on" } else { "off" };
+    let alter = format!(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = {value}', current_database()); END $$"
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(alter))
+        .await
+        .expect("set default_transaction_read_only");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .expect("terminate sessions");
 }
 
 async fn wait_for_health(
