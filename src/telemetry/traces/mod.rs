@@ -4,7 +4,7 @@
 //! `OTEL_SERVICE_NAME` (default `student-service`) and `OTEL_RESOURCE_ATTRIBUTES` describe the
 //! service; `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler (default
 //! parent-based always-on, so a caller's sampling decision is kept); `OTEL_BSP_*` and the other
-//! `OTEL_EXPORTER_OTLP_*` variables tune the batches (`export`).
+//! `OTEL_EXPORTER_OTLP_*` variables tune the batches (`settings`, `export`).
 //!
 //! Our spans are few and always the same shape (one SERVER span per call, a CLIENT span per
 //! database operation inside it), so they are built, batched and encoded here rather than by
@@ -28,8 +28,9 @@ use tonic::Code;
 
 use self::{
     context::{Sampler, SpanId, TraceId},
-    export::{Queue, Settings},
+    export::Queue,
     otlp::{Encoder, Kind, Parent, SpanRecord},
+    settings::Settings,
 };
 pub(crate) use context::{RemoteParent, SpanContext, remote_parent};
 pub(crate) use export::Exporter;
@@ -37,6 +38,7 @@ pub(crate) use export::Exporter;
 mod context;
 mod export;
 mod otlp;
+mod settings;
 
 const DEFAULT_SERVICE_NAME: &str = "student-service";
 
