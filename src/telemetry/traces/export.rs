@@ -1,12 +1,12 @@
 //! The batch exporter: finished spans wait in a bounded queue and one Tokio task sends them to
-//! the collector in batches (OTLP/gRPC `TraceService/Export`), when a batch is full or the
-//! schedule delay has passed, as the SDKs' batch span processor does and with the same
-//! `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables. A call only pushes its span onto the
-//! queue; a collector that is down or slow costs it nothing. A failed export is retried with
-//! exponential backoff when the OTLP specification calls its code retryable, within the export
-//! timeout; meanwhile spans keep queueing, up to the queue's size. Spans that find the queue
-//! full or whose batch cannot be delivered are dropped, counted and warned about at most once a
-//! minute.
+//! the collector in batches (OTLP `TraceService/Export`, over gRPC or HTTP: `client`), when a
+//! batch is full or the schedule delay has passed, as the SDKs' batch span processor does and
+//! with the same `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables (`settings`). A call only
+//! pushes its span onto the queue; a collector that is down or slow costs it nothing. A failed
+//! export is retried with exponential backoff when the OTLP specification calls it retryable,
+//! within the export timeout; meanwhile spans keep queueing, up to the queue's size. Spans that
+//! find the queue full, whose batch cannot be delivered, or that the collector rejects
+//! (`partial_success`) are dropped, counted and warned about at most once a minute.
 
 use std::{
     sync::{
@@ -16,26 +16,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, BufMut, Bytes};
-use http::uri::PathAndQuery;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 use tokio::{sync::Notify, task::JoinHandle};
-use tonic::{metadata::MetadataMap, transport::Channel};
-use tonic_types::StatusExt as _;
 
 use super::{
-    otlp::{Encoder, SpanRecord},
+    client::{Client, MAX_ATTEMPTS},
+    otlp::{Origin, SpanRecord},
     settings::Settings,
 };
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Tries of one batch at most, the first included: a collector still failing after that is not
-/// coming back soon, and the batch's spans are better dropped than holding the queue.
-const MAX_ATTEMPTS: u32 = 5;
-/// The wait before the first retry; it doubles at each retry, up to `MAX_BACKOFF`, within 20%
-/// either way so that replicas that failed together do not retry together.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Room made for spans in the queue at start (the default batch); it grows as spans come.
 const PREALLOCATED: usize = 512;
 
@@ -94,13 +84,8 @@ pub(crate) struct Exporter {
 
 impl Exporter {
     /// Starts the export task; must be called inside the Tokio runtime.
-    pub(super) fn start(settings: &Settings, encoder: Encoder) -> Result<Self, String> {
-        let client = Client {
-            grpc: tonic::client::Grpc::new(settings.channel()?),
-            headers: settings.headers.clone(),
-            timeout: settings.timeout,
-            encoder,
-        };
+    pub(super) fn start(settings: &Settings, origin: Origin) -> Result<Self, String> {
+        let client = settings.client()?;
         let queue = Arc::new(Queue {
             // The sizes are limits: a queue allowed a billion spans would otherwise take all
             // the memory at start, to hold none.
@@ -111,7 +96,13 @@ impl Exporter {
             losses: Losses::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(queue.clone(), client, settings.schedule_delay, stopped));
+        let task = tokio::spawn(run(
+            queue.clone(),
+            client,
+            origin,
+            settings.schedule_delay,
+            stopped,
+        ));
         Ok(Self { queue, stop, task })
     }
 
@@ -127,6 +118,7 @@ impl Exporter {
 async fn run(
     queue: Arc<Queue>,
     mut client: Client,
+    origin: Origin,
     delay: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -144,124 +136,17 @@ async fn run(
             // At shutdown each batch has one try: waiting out backoffs for a collector that is
             // down would hold the process's exit for the whole drain timeout.
             let attempts = if stopping { 1 } else { MAX_ATTEMPTS };
-            if let Err(error) = client.export(&batch, attempts).await {
-                queue.losses.dropped(batch.len(), &error);
+            let sent = batch.len();
+            let request = origin.request(&batch);
+            drop(batch);
+            match client.export(request, attempts).await {
+                Ok(partial) => queue.losses.rejected(sent, partial),
+                Err(error) => queue.losses.dropped(sent, &error),
             }
         }
         if stopping {
             return;
         }
-    }
-}
-
-/// The OTLP/gRPC client: one export request at a time.
-struct Client {
-    grpc: tonic::client::Grpc<Channel>,
-    headers: MetadataMap,
-    timeout: Duration,
-    encoder: Encoder,
-}
-
-impl Client {
-    /// Delivers `spans` in at most `attempts` tries, retrying as the OTLP specification says,
-    /// all within the export timeout; the last error when it gives up.
-    async fn export(&mut self, spans: &[SpanRecord], attempts: u32) -> Result<(), tonic::Status> {
-        let body = self.encoder.request(spans);
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 1;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let error = match self.send(body.clone(), left).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            let Some(wait) = retry_wait(&error, jittered(backoff)) else {
-                return Err(error);
-            };
-            if attempt >= attempts || Instant::now() + wait >= deadline {
-                return Err(error);
-            }
-            tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            attempt += 1;
-        }
-    }
-
-    /// One export request, answered within `timeout`.
-    async fn send(&mut self, body: Bytes, timeout: Duration) -> Result<(), tonic::Status> {
-        let mut request = tonic::Request::new(Encoded(body));
-        *request.metadata_mut() = self.headers.clone();
-        request.set_timeout(timeout);
-        let export = async {
-            self.grpc
-                .ready()
-                .await
-                .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
-            let codec = tonic_prost::ProstCodec::<Encoded, ()>::default();
-            self.grpc
-                .unary(request, PathAndQuery::from_static(EXPORT_PATH), codec)
-                .await
-        };
-        match tokio::time::timeout(timeout, export).await {
-            Ok(response) => response.map(drop),
-            Err(_) => Err(tonic::Status::deadline_exceeded(
-                "the collector did not answer in time",
-            )),
-        }
-    }
-}
-
-/// How long to wait before trying a failed export again, `None` when it must not be: the OTLP
-/// specification's retryable codes, RESOURCE_EXHAUSTED only when the collector says when to
-/// come back (a `google.rpc.RetryInfo` detail); that delay is waited at least.
-fn retry_wait(error: &tonic::Status, backoff: Duration) -> Option<Duration> {
-    use tonic::Code;
-    let advised = error
-        .get_details_retry_info()
-        .and_then(|info| info.retry_delay);
-    match error.code() {
-        Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss => Some(advised.map_or(backoff, |advised| advised.max(backoff))),
-        Code::ResourceExhausted => advised.map(|advised| advised.max(backoff)),
-        _ => None,
-    }
-}
-
-/// `backoff`, give or take 20%.
-fn jittered(backoff: Duration) -> Duration {
-    backoff.mul_f64(0.8 + 0.4 * fastrand::f64())
-}
-
-/// A message already encoded ([`Encoder::request`]), sent as it is.
-#[derive(Debug, Default)]
-struct Encoded(Bytes);
-
-impl prost::Message for Encoded {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
     }
 }
 
@@ -278,11 +163,7 @@ impl Losses {
         let spans = spans as u64;
         let total = self.dropped.fetch_add(spans, Ordering::Relaxed) + spans;
         metrics::counter!(crate::telemetry::catalogue::TRACE_SPANS_DROPPED.name).increment(spans);
-        let Ok(mut last) = self.last_warning.lock() else {
-            return;
-        };
-        if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
+        if self.time_to_warn() {
             tracing::warn!(
                 error = %why,
                 dropped_spans_so_far = total,
@@ -290,77 +171,59 @@ impl Losses {
             );
         }
     }
+
+    /// Counts the spans the collector said it rejected (`partial_success`) as dropped, with its
+    /// reason; a message with nothing rejected is the collector's warning, passed on.
+    fn rejected(&self, sent: usize, partial: Option<ExportTracePartialSuccess>) {
+        let Some(ExportTracePartialSuccess {
+            rejected_spans,
+            error_message,
+        }) = partial
+        else {
+            return;
+        };
+        let reason = if error_message.is_empty() {
+            "no reason given"
+        } else {
+            error_message.as_str()
+        };
+        let rejected = usize::try_from(rejected_spans).unwrap_or(0).min(sent);
+        if rejected > 0 {
+            let why = format!("the collector rejected {rejected} of {sent} spans: {reason}");
+            self.dropped(rejected, &why);
+        } else if !error_message.is_empty() && self.time_to_warn() {
+            tracing::warn!(
+                message = %error_message,
+                "the collector took the spans with a warning (this warning repeats at most once a minute)"
+            );
+        }
+    }
+
+    /// Whether a minute has passed since the last warning (and if so, this one is it).
+    fn time_to_warn(&self) -> bool {
+        let Ok(mut last) = self.last_warning.lock() else {
+            return false;
+        };
+        let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn exports_are_retried_on_the_codes_the_otlp_specification_calls_retryable() {
-        use tonic::Code;
-        use tonic_types::{ErrorDetails, StatusExt};
-        let backoff = Duration::from_secs(1);
-        let retryable = [
-            Code::Cancelled,
-            Code::DeadlineExceeded,
-            Code::Aborted,
-            Code::OutOfRange,
-            Code::Unavailable,
-            Code::DataLoss,
-        ];
-        for code in retryable {
-            let error = tonic::Status::new(code, "try again");
-            assert_eq!(retry_wait(&error, backoff), Some(backoff), "{code:?}");
-        }
-        for code in [
-            Code::Unknown,
-            Code::InvalidArgument,
-            Code::NotFound,
-            Code::PermissionDenied,
-            Code::Unauthenticated,
-            Code::FailedPrecondition,
-            Code::Unimplemented,
-            Code::Internal,
-            Code::ResourceExhausted,
-        ] {
-            let error = tonic::Status::new(code, "no");
-            assert_eq!(retry_wait(&error, backoff), None, "{code:?}");
-        }
-        // RetryInfo makes RESOURCE_EXHAUSTED retryable, and its delay is waited at least.
-        let throttled = |code, seconds| {
-            let details = ErrorDetails::with_retry_info(Some(Duration::from_secs(seconds)));
-            tonic::Status::with_error_details(code, "slow down", details)
-        };
-        let exhausted = throttled(Code::ResourceExhausted, 3);
-        assert_eq!(
-            retry_wait(&exhausted, backoff),
-            Some(Duration::from_secs(3))
-        );
-        let unavailable = throttled(Code::Unavailable, 0);
-        assert_eq!(retry_wait(&unavailable, backoff), Some(backoff));
-        let invalid = throttled(Code::InvalidArgument, 3);
-        assert_eq!(retry_wait(&invalid, backoff), None);
-    }
-
-    #[test]
-    fn backoff_is_jittered_within_a_fifth() {
-        for _ in 0..1000 {
-            let wait = jittered(Duration::from_secs(1));
-            assert!(
-                wait >= Duration::from_millis(800) && wait <= Duration::from_millis(1200),
-                "{wait:?}"
-            );
-        }
-    }
-
     fn settings_of(vars: &[(&str, &str)]) -> Settings {
         let vars: std::collections::HashMap<String, String> = vars
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
-        let (settings, _) =
-            Settings::from_vars(&|name| vars.get(name).cloned()).expect("traces on");
+        let (settings, _) = Settings::from_vars(&|name| vars.get(name).cloned())
+            .expect("a protocol spoken here")
+            .expect("traces on");
         settings
     }
 
@@ -375,8 +238,7 @@ mod tests {
             ("OTEL_BSP_MAX_QUEUE_SIZE", huge),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", huge),
         ]);
-        let encoder = Encoder::new(&[], "s", "v");
-        let exporter = Exporter::start(&settings, encoder).expect("started");
+        let exporter = Exporter::start(&settings, Origin::new(&[], "s", "v")).expect("started");
         assert!(exporter.shutdown(Duration::from_secs(1)).await);
     }
 }

@@ -1,5 +1,5 @@
 //! The exporter's settings, from the standard OpenTelemetry environment variables, with the
-//! defaults of the OpenTelemetry specification.
+//! defaults of the OpenTelemetry specification (except the protocol: see [`Protocol`]).
 
 use std::{str::FromStr, time::Duration};
 
@@ -8,11 +8,17 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
+use super::client::{Client, Http, Transport, grpc_client};
+
 /// How the exporter is set up, from the environment (defaults as in the OpenTelemetry
 /// specification).
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
+    pub(super) protocol: Protocol,
+    /// The collector's address (gRPC), or the URL spans are POSTed to (HTTP).
     pub(super) endpoint: String,
+    /// Requests are gzipped (`OTEL_EXPORTER_OTLP_COMPRESSION=gzip`).
+    pub(super) gzip: bool,
     /// An endpoint without a scheme is plaintext (`OTEL_EXPORTER_OTLP_INSECURE`).
     pub(super) insecure: bool,
     pub(super) headers: MetadataMap,
@@ -24,28 +30,43 @@ pub(super) struct Settings {
 }
 
 impl Settings {
-    /// The settings the environment gives, and warnings for what it asks that cannot be done.
-    pub(super) fn from_env() -> Option<(Self, Vec<String>)> {
+    /// The settings the environment gives, and warnings for what it asks that cannot be done;
+    /// `None` when traces are off, `Err` for a protocol that cannot be spoken.
+    pub(super) fn from_env() -> Result<Option<(Self, Vec<String>)>, String> {
         Self::from_vars(&|name| std::env::var(name).ok())
     }
 
     /// The settings of the variables `var` looks up. A value that cannot be used is warned
     /// about and treated as not set, as the OpenTelemetry specification asks of the SDKs
-    /// ("generate a warning and gracefully ignore the setting").
-    pub(super) fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Option<(Self, Vec<String>)> {
-        let endpoint = either(
-            var,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        )?;
+    /// ("generate a warning and gracefully ignore the setting"), except the protocol: spans
+    /// sent in a protocol the collector does not speak would all be lost.
+    pub(super) fn from_vars(
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<(Self, Vec<String>)>, String> {
+        let specific = set(var, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let general = set(var, "OTEL_EXPORTER_OTLP_ENDPOINT");
+        if specific.is_none() && general.is_none() {
+            return Ok(None);
+        }
         let mut warnings = Vec::new();
         if turned_off(
             var("OTEL_SDK_DISABLED").as_deref(),
             var("OTEL_TRACES_EXPORTER").as_deref(),
             &mut warnings,
         ) {
-            return None;
+            return Ok(None);
         }
+        let protocol = Protocol::from_vars(var)?;
+        let endpoint = match (specific, general) {
+            // The traces endpoint is the whole URL; the general one is the collector's base,
+            // to which OTLP/HTTP adds the signal's path.
+            (Some(endpoint), _) => endpoint,
+            (None, Some(base)) if protocol == Protocol::HttpProtobuf => {
+                format!("{}/v1/traces", base.trim_end_matches('/'))
+            }
+            (None, Some(endpoint)) => endpoint,
+            (None, None) => return Ok(None),
+        };
         let headers = either(
             var,
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
@@ -53,17 +74,7 @@ impl Settings {
         )
         .map(|headers| metadata(&headers, &mut warnings))
         .unwrap_or_default();
-        let compression = either(
-            var,
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-        );
-        if compression.is_some_and(|compression| compression != "none") {
-            warnings.push(
-                "OTEL_EXPORTER_OTLP_COMPRESSION is not supported; spans are sent uncompressed"
-                    .into(),
-            );
-        }
+        let gzip = gzip(var, &mut warnings);
         let insecure = boolean(
             var,
             &[
@@ -95,9 +106,11 @@ impl Settings {
             ));
         }
         let count = |number: u64| usize::try_from(number).unwrap_or(usize::MAX);
-        Some((
+        Ok(Some((
             Self {
+                protocol,
                 endpoint,
+                gzip,
                 insecure,
                 headers,
                 certificate: either(
@@ -111,12 +124,32 @@ impl Settings {
                 batch_size: count(batch_size.min(queue_size)),
             },
             warnings,
-        ))
+        )))
+    }
+
+    /// The client that sends export requests as these settings say.
+    pub(super) fn client(&self) -> Result<Client, String> {
+        let transport = match self.protocol {
+            Protocol::Grpc => Transport::Grpc {
+                client: grpc_client(self.channel()?, self.gzip),
+                headers: self.headers.clone(),
+            },
+            Protocol::HttpProtobuf => Transport::Http(Http::new(
+                &self.endpoint,
+                self.certificate.as_deref(),
+                self.headers.clone(),
+                self.gzip,
+            )?),
+        };
+        Ok(Client {
+            transport,
+            timeout: self.timeout,
+        })
     }
 
     /// The channel to the collector; it connects on first use (a collector that is not up yet
     /// is no reason to refuse to start).
-    pub(super) fn channel(&self) -> Result<Channel, String> {
+    fn channel(&self) -> Result<Channel, String> {
         let (url, schemeless) = collector_url(&self.endpoint, self.insecure)?;
         let mut endpoint = Endpoint::from_str(&url)
             .map_err(|err| format!("bad OTLP endpoint {:?}: {err}", self.endpoint))?
@@ -196,11 +229,77 @@ fn turned_off(
 
 /// The first of two variables that is set and not empty.
 fn either(var: &dyn Fn(&str) -> Option<String>, specific: &str, general: &str) -> Option<String> {
-    [specific, general].iter().find_map(|name| {
-        var(name)
-            .map(|value| value.trim().to_owned())
-            .filter(|value| !value.is_empty())
-    })
+    either_named(var, specific, general).map(|(_, value)| value)
+}
+
+/// The first of two variables that is set and not empty, and its name.
+fn either_named<'a>(
+    var: &dyn Fn(&str) -> Option<String>,
+    specific: &'a str,
+    general: &'a str,
+) -> Option<(&'a str, String)> {
+    [specific, general]
+        .into_iter()
+        .find_map(|name| Some((name, set(var, name)?)))
+}
+
+/// The variable's value, trimmed, when it is set and not empty.
+fn set(var: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    var(name)
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether requests are gzipped: `gzip` says yes, `none` no; another value (OTLP defines no
+/// other) is warned about and ignored.
+fn gzip(var: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> bool {
+    let Some((name, value)) = either_named(
+        var,
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ) else {
+        return false;
+    };
+    if value.eq_ignore_ascii_case("gzip") {
+        return true;
+    }
+    if !value.eq_ignore_ascii_case("none") {
+        warnings.push(format!(
+            "{name}={value:?} is not gzip or none; spans are sent uncompressed"
+        ));
+    }
+    false
+}
+
+/// How spans travel to the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// OTLP/gRPC, the default here (the SDKs' default is `http/protobuf`; this service has
+    /// always spoken gRPC, and an endpoint set for it keeps working).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// `grpc` or `http/protobuf`; anything else (`http/json` included, which is not spoken
+    /// here) is an error, not a warning: the collector would refuse every export.
+    fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let Some((name, value)) = either_named(
+            var,
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ) else {
+            return Ok(Self::Grpc);
+        };
+        match value.as_str() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(format!(
+                "{name}={other:?}: the protocols spoken here are grpc and http/protobuf"
+            )),
+        }
+    }
 }
 
 /// The number held by the first of `names` that holds a whole number of at least `least`, or
@@ -290,7 +389,9 @@ mod tests {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
-        Settings::from_vars(&|name| vars.get(name).cloned()).expect("traces on")
+        Settings::from_vars(&|name| vars.get(name).cloned())
+            .expect("a protocol spoken here")
+            .expect("traces on")
     }
 
     const ENDPOINT: (&str, &str) = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
@@ -410,5 +511,69 @@ mod tests {
         let mut warnings = Vec::new();
         assert!(!turned_off(None, Some("otlp,console"), &mut warnings));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn gzip_is_asked_for_by_either_compression_variable_and_another_value_is_warned_about() {
+        let (plain, warnings) = settings_of(&[ENDPOINT]);
+        assert!(!plain.gzip);
+        assert_eq!(warnings, Vec::<String>::new());
+        for name in [
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        ] {
+            let (gzip, warnings) = settings_of(&[ENDPOINT, (name, "gzip")]);
+            assert!(gzip.gzip, "{name}");
+            assert_eq!(warnings, Vec::<String>::new());
+        }
+        // The traces variable wins over the general one.
+        let (none, _) = settings_of(&[
+            ENDPOINT,
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]);
+        assert!(!none.gzip);
+        let (zstd, warnings) = settings_of(&[ENDPOINT, ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]);
+        assert!(!zstd.gzip);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("OTEL_EXPORTER_OTLP_COMPRESSION=\"zstd\""));
+    }
+
+    #[test]
+    fn http_protobuf_posts_to_v1_traces_under_the_general_endpoint_and_to_the_traces_endpoint_as_it_is()
+     {
+        let http = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        let (default, _) = settings_of(&[ENDPOINT]);
+        assert_eq!(default.protocol, Protocol::Grpc);
+        assert_eq!(default.endpoint, "http://collector:4317");
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/otlp/");
+        let (general, _) = settings_of(&[base, http]);
+        assert_eq!(general.protocol, Protocol::HttpProtobuf);
+        assert_eq!(general.endpoint, "http://collector:4318/otlp/v1/traces");
+        let specific = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4318/custom",
+        );
+        let (specific, _) = settings_of(&[base, specific, http]);
+        assert_eq!(specific.endpoint, "http://collector:4318/custom");
+        // The traces variable wins over the general one.
+        let (grpc, _) = settings_of(&[base, http, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")]);
+        assert_eq!(grpc.protocol, Protocol::Grpc);
+        assert_eq!(grpc.endpoint, "http://collector:4318/otlp/");
+    }
+
+    #[test]
+    fn a_protocol_not_spoken_here_is_refused() {
+        for protocol in ["http/json", "HTTP", "thrift"] {
+            let vars = [ENDPOINT, ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)];
+            let refused = Settings::from_vars(&|name| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, value)| (*value).to_owned())
+            })
+            .expect_err("refused");
+            assert!(refused.contains("grpc and http/protobuf"), "{refused}");
+            assert!(refused.contains(protocol), "{refused}");
+        }
     }
 }
