@@ -13,7 +13,10 @@ use sqlx::{Database, Pool, pool::PoolConnection};
 
 use super::{Connections, Lent, Store, errors};
 use crate::error::Error;
-use crate::telemetry::{metrics::labelled_histogram, traces};
+use crate::telemetry::{
+    metrics::labelled_histogram,
+    traces::{self, DbFailure},
+};
 
 pub(super) const POSTGRES: &str = "postgres";
 /// `db.system` of each backend, as the semantic conventions name them.
@@ -70,12 +73,23 @@ pub(super) trait Outcome {
     /// it; `None` for success and for the answers the schema is designed to give (no row, a
     /// unique or foreign key violation, a full course), which are results, as a NOT_FOUND is
     /// for the call.
-    fn failure(&self) -> Option<&'static str>;
+    fn failure(&self) -> Option<DbFailure>;
 }
 
-const UNAVAILABLE: &str = "the database is unavailable";
-const CONFLICT: &str = "the operation conflicted with a concurrent change";
-const FAILED: &str = "the database operation failed";
+// `error.type` names a class of failure in few values, as the database semantic conventions
+// ask; the description says it in words. Neither quotes the driver.
+const UNAVAILABLE: DbFailure = DbFailure {
+    error_type: "unavailable",
+    description: "the database is unavailable",
+};
+const CONFLICT: DbFailure = DbFailure {
+    error_type: "conflict",
+    description: "the operation conflicted with a concurrent change",
+};
+const FAILED: DbFailure = DbFailure {
+    error_type: "_OTHER",
+    description: "the database operation failed",
+};
 
 impl<T> Outcome for Result<T, sqlx::Error> {
     fn leaves_connection_clean(&self) -> bool {
@@ -84,7 +98,7 @@ impl<T> Outcome for Result<T, sqlx::Error> {
             .is_none_or(errors::leaves_connection_clean)
     }
 
-    fn failure(&self) -> Option<&'static str> {
+    fn failure(&self) -> Option<DbFailure> {
         let err = self.as_ref().err()?;
         let designed = matches!(err, sqlx::Error::RowNotFound)
             || errors::is_unique_violation(err)
@@ -103,7 +117,7 @@ impl<T> Outcome for Result<T, sqlx::migrate::MigrateError> {
         self.is_ok()
     }
 
-    fn failure(&self) -> Option<&'static str> {
+    fn failure(&self) -> Option<DbFailure> {
         self.is_err().then_some(FAILED)
     }
 }
@@ -113,13 +127,13 @@ impl<T> Outcome for Result<T, Error> {
         !matches!(self, Err(Error::Unavailable(_) | Error::Internal(_)))
     }
 
-    fn failure(&self) -> Option<&'static str> {
+    fn failure(&self) -> Option<DbFailure> {
         failure_of(self.as_ref().err()?)
     }
 }
 
 /// The failures among the service's errors: the others are the answers of the domain.
-fn failure_of(err: &Error) -> Option<&'static str> {
+fn failure_of(err: &Error) -> Option<DbFailure> {
     match err {
         Error::Unavailable(_) => Some(UNAVAILABLE),
         Error::Conflict(_) => Some(CONFLICT),

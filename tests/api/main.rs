@@ -24,5 +24,6 @@ mod security;
 mod startup;
 mod students;
 mod traces;
+mod traces_export;
 mod unicode;
 mod updates;

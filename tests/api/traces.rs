@@ -14,7 +14,7 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::v1::any_value::Value,
@@ -24,7 +24,7 @@ use sqlx::Connection as _;
 use student_service::api::pb::{self, student_service_client::StudentServiceClient};
 use tokio::{io::AsyncReadExt, net::TcpListener, process::Command, sync::oneshot};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, Request, codec::CompressionEncoding, transport::Channel};
 
 use crate::{
     helpers::with_host,
@@ -38,20 +38,26 @@ use crate::{
 
 on_both_backends!(the_server_span_continues_the_callers_trace_and_parents_the_database_spans);
 
-const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub(crate) const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const CALLER_STATE: &str = "congo=t61rcWkgMzE";
 
 /// Receives spans as an OpenTelemetry Collector would, and keeps them; a slow one takes
-/// `delay` to answer each export, a failing one answers UNAVAILABLE to the next `failures`.
+/// `delay` to answer each export, a failing one answers UNAVAILABLE to the next `failures`, a
+/// picky one rejects up to `reject` spans of each export (`partial_success`).
 #[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
+pub(crate) struct Collector {
+    pub(crate) spans: Arc<Mutex<Vec<Span>>>,
     delay: Duration,
     failures: Arc<AtomicUsize>,
     attempts: Arc<AtomicUsize>,
     /// The `schema_url` of each resource and scope received.
     schema_urls: Arc<Mutex<Vec<String>>>,
+    /// The `grpc-encoding` of each export received (`None`: uncompressed).
+    pub(crate) encodings: Arc<Mutex<Vec<Option<String>>>>,
+    reject: usize,
+    /// The spans rejected so far.
+    pub(crate) rejected: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -68,6 +74,11 @@ impl TraceService for Collector {
         if failing.is_ok() {
             return Err(tonic::Status::unavailable("the collector is restarting"));
         }
+        let encoding = request.metadata().get("grpc-encoding");
+        let encoding = encoding
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        self.encodings.lock().expect("lock").push(encoding);
         let request = request.into_inner();
         let mut schema_urls = self.schema_urls.lock().expect("lock");
         for resource in &request.resource_spans {
@@ -79,18 +90,37 @@ impl TraceService for Collector {
             .into_iter()
             .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans);
+        let spans: Vec<Span> = spans.collect();
+        let rejected = self.reject.min(spans.len());
         self.spans.lock().expect("lock").extend(spans);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        self.rejected.fetch_add(rejected, Ordering::SeqCst);
+        let partial_success = (self.reject > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: i64::try_from(rejected).expect("a few spans"),
+            error_message: "span too old".into(),
+        });
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
     }
 }
 
 impl Collector {
-    /// Serves OTLP on a free port until the returned sender is dropped or used.
-    async fn start(&self) -> (SocketAddr, oneshot::Sender<()>) {
+    /// A collector that rejects up to `spans` spans of each export.
+    pub(crate) fn rejecting(spans: usize) -> Self {
+        Self {
+            reject: spans,
+            ..Self::default()
+        }
+    }
+
+    /// Serves OTLP on a free port until the returned sender is dropped or used; takes gzipped
+    /// requests as a Collector does.
+    pub(crate) async fn start(&self) -> (SocketAddr, oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = TraceServiceServer::new(self.clone());
+        let service =
+            TraceServiceServer::new(self.clone()).accept_compressed(CompressionEncoding::Gzip);
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
@@ -103,7 +133,7 @@ impl Collector {
     }
 
     /// The spans received so far, once `ready` holds for them (waits up to 20 s).
-    async fn wait_for(&self, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+    pub(crate) async fn wait_for(&self, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
         for _ in 0..400 {
             let spans = self.spans.lock().expect("lock").clone();
             if ready(&spans) {
@@ -118,7 +148,7 @@ impl Collector {
     }
 }
 
-fn traced<T>(message: T) -> Request<T> {
+pub(crate) fn traced<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let metadata = request.metadata_mut();
@@ -148,7 +178,7 @@ async fn ada_and_course(
     (students, ada, course)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -689,6 +719,7 @@ async fn a_call_that_fails_because_the_database_is_gone_has_a_database_span_with
         let failed = children.iter().find(|child| {
             child.kind == SpanKind::Client as i32
                 && attribute(child, "db.system") == text("postgresql")
+                && attribute(child, "error.type") == text("unavailable")
                 && child
                     .status
                     .as_ref()
@@ -696,7 +727,7 @@ async fn a_call_that_fails_because_the_database_is_gone_has_a_database_span_with
         });
         assert!(
             failed.is_some(),
-            "no database span with status Error under {server_span:?}: {children:?}"
+            "no database span with status Error and error.type under {server_span:?}: {children:?}"
         );
     }
     proxy.restore();

@@ -1,17 +1,19 @@
-//! OpenTelemetry traces over OTLP/gRPC, configured as every OpenTelemetry SDK is: by the
-//! standard environment variables. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on (unset: no exporter and no cost);
-//! `OTEL_SERVICE_NAME` (default `student-service`) and `OTEL_RESOURCE_ATTRIBUTES` describe the
-//! service; `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler (default
-//! parent-based always-on, so a caller's sampling decision is kept); `OTEL_BSP_*` and the other
-//! `OTEL_EXPORTER_OTLP_*` variables tune the batches (`export`).
+//! OpenTelemetry traces over OTLP (gRPC, or HTTP with protobuf bodies), configured as every
+//! OpenTelemetry SDK is: by the standard environment variables.
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on (unset:
+//! no exporter and no cost); `OTEL_SERVICE_NAME` (default `student-service`) and
+//! `OTEL_RESOURCE_ATTRIBUTES` describe the service; `OTEL_TRACES_SAMPLER` /
+//! `OTEL_TRACES_SAMPLER_ARG` choose the sampler (default parent-based always-on, so a caller's
+//! sampling decision is kept); `OTEL_BSP_*` and the other `OTEL_EXPORTER_OTLP_*` variables
+//! choose the protocol and compression and tune the batches (`settings`, `export`).
 //!
 //! Our spans are few and always the same shape (one SERVER span per call, a CLIENT span per
-//! database operation inside it), so they are built, batched and encoded here rather than by
-//! the OpenTelemetry SDK: a span is a record of ids, times and static strings, pushed onto the
-//! export queue when it ends and written as OTLP bytes by the export task. The SDK's general
-//! pipeline (attribute vectors, span data, conversion into OTLP structs) cost ListCourses a
-//! quarter of its throughput; docs/performance.md has the figures.
+//! database operation inside it), so they are built and batched here rather than by the
+//! OpenTelemetry SDK: a span is a record of ids, times and static strings, pushed onto the
+//! export queue when it ends; the export task makes a batch of them into OTLP messages
+//! (`opentelemetry-proto`'s types) and sends it. The SDK's general pipeline (attribute vectors
+//! and span data built on the request path for every span) cost ListCourses a quarter of its
+//! throughput; docs/performance.md has the figures.
 //!
 //! The call's span is the current span while its handler is polled ([`InSpan`]), so the
 //! database work inside it finds its parent ([`client_span`]).
@@ -28,15 +30,19 @@ use tonic::Code;
 
 use self::{
     context::{Sampler, SpanId, TraceId},
-    export::{Queue, Settings},
-    otlp::{Encoder, Kind, Parent, SpanRecord},
+    export::Queue,
+    otlp::{Kind, Origin, Parent, SpanRecord},
+    settings::Settings,
 };
 pub(crate) use context::{RemoteParent, SpanContext, remote_parent};
 pub(crate) use export::Exporter;
+pub(crate) use otlp::DbFailure;
 
+mod client;
 mod context;
 mod export;
 mod otlp;
+mod settings;
 
 const DEFAULT_SERVICE_NAME: &str = "student-service";
 
@@ -64,15 +70,15 @@ thread_local! {
 /// Starts exporting spans as the environment says; must be called inside the Tokio runtime
 /// (the export task runs on it). `Err` says why traces stay off.
 pub(super) fn start() -> Result<Option<Exporter>, String> {
-    let Some((settings, mut warnings)) = Settings::from_env() else {
+    let Some((settings, mut warnings)) = Settings::from_env()? else {
         return Ok(None);
     };
     let resource = resource(&mut warnings);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let encoder = Encoder::new(&resource, "student-service", env!("CARGO_PKG_VERSION"));
-    let exporter = Exporter::start(&settings, encoder)?;
+    let origin = Origin::new(&resource, "student-service", env!("CARGO_PKG_VERSION"));
+    let exporter = Exporter::start(&settings, origin)?;
     let traces = Traces {
         sampler: Sampler::from_env(),
         queue: exporter.queue.clone(),
@@ -335,15 +341,15 @@ pub(crate) struct ClientSpan {
     system: &'static str,
     operation: Option<&'static str>,
     pool: Option<&'static str>,
-    error: Option<&'static str>,
+    error: Option<DbFailure>,
     start_unix_nanos: u64,
 }
 
 impl ClientSpan {
-    /// Marks the work failed: the span's status is Error, described by `description`, a fixed
-    /// text (driver messages can quote the values of a statement).
-    pub(crate) fn fail(&mut self, description: &'static str) {
-        self.error = Some(description);
+    /// Marks the work failed: the span's status is Error, with the failure's description, and
+    /// its `error.type` the failure's type.
+    pub(crate) fn fail(&mut self, failure: DbFailure) {
+        self.error = Some(failure);
     }
 }
 
