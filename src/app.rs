@@ -211,6 +211,9 @@ async fn run(
 
     let draining = Arc::new(Notify::new());
     let (end_streams, streams_ended) = watch::channel(false);
+    // Cancelled again below, for a server that ended by failing, before any shutdown began:
+    // otherwise its tasks would run on and the wait for them would never end.
+    let (probe_stopped, events_stopped) = (probe_stop.clone(), events_stop.clone());
     let stop_accepting = {
         let draining = draining.clone();
         async move {
@@ -244,6 +247,8 @@ async fn run(
             Ok(())
         }
     };
+    probe_stopped.cancel();
+    events_stopped.cancel();
     // Calls abandoned by the drain timeout may still hold connections; do not wait for them,
     // and keep the file claimed while they may.
     if tokio::time::timeout(Duration::from_secs(1), store.close())
