@@ -15,10 +15,12 @@ old=$1
 new=$2
 rounds=${3:-2}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
-port=50250
+# A port the kernel just handed out, not a fixed one: outgoing connections (to PostgreSQL, of
+# loadgen) take their local ports from the same range and once made a fixed port busy.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 run() { # LABEL BINARY URL
-  local label=$1 binary=$2 url=$3
-  port=$((port + 1))
+  local label=$1 binary=$2 url=$3 port
+  port=$(free_port)
   DATABASE_URL="$url" LISTEN_ADDR="127.0.0.1:$port" RUST_LOG=warn "$binary" &
   local pid=$!
   for _ in $(seq 50); do grpcurl -plaintext "127.0.0.1:$port" grpc.health.v1.Health/Check >/dev/null 2>&1 && break; sleep 0.2; done
