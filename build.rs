@@ -63,7 +63,9 @@ fn commit() -> Option<String> {
 
 /// The integration tests that need more than a Rust toolchain are marked ignored, with the
 /// reason, unless what they need is there: `test_postgres` when `TEST_DATABASE_URL` names a
-/// server, `test_nats_server` when `nats-server` is on PATH. A test can only be ignored at compile
+/// server, `test_nats_server` when `nats-server` is on PATH, `test_pg_clusters` when PostgreSQL's
+/// server binaries are found (`PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`; the tests
+/// read the directory from `TEST_PG_BIN`) for the tests that start clusters of their own. A test can only be ignored at compile
 /// time, so the check is made here; `cargo test`'s summary then counts such tests as ignored
 /// instead of as passed.
 fn test_environment() {
@@ -81,4 +83,35 @@ fn test_environment() {
     if on_path("nats-server") {
         println!("cargo:rustc-cfg=test_nats_server");
     }
+    println!("cargo::rustc-check-cfg=cfg(test_pg_clusters)");
+    println!("cargo:rerun-if-env-changed=PG_BIN");
+    let pg_bin = postgres_binaries();
+    if pg_bin.is_some() {
+        println!("cargo:rustc-cfg=test_pg_clusters");
+    }
+    let pg_bin = pg_bin.map(|dir| dir.display().to_string());
+    println!("cargo:rustc-env=TEST_PG_BIN={}", pg_bin.unwrap_or_default());
+}
+
+/// The directory of `initdb`, `pg_ctl` and `pg_basebackup`: `PG_BIN`, else Debian's layout.
+fn postgres_binaries() -> Option<PathBuf> {
+    let complete = |dir: &PathBuf| {
+        ["initdb", "pg_ctl", "pg_basebackup"]
+            .iter()
+            .all(|name| dir.join(name).is_file())
+    };
+    if let Some(dir) = env::var_os("PG_BIN") {
+        return Some(PathBuf::from(dir)).filter(complete);
+    }
+    let versions = fs::read_dir("/usr/lib/postgresql").ok()?;
+    let mut found: Vec<(u32, PathBuf)> = versions
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, dir)| complete(dir))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, dir)| dir)
 }

@@ -2,9 +2,10 @@
 //! all stops. `main` runs the server through it, and so do the test harnesses, in-process and
 //! as a process, so tests run what production runs.
 //!
-//! Start: connect -> claim the SQLite file (a second server stops here, untouched) -> migrate ->
-//! metrics (when asked) -> bind -> serve, with the background tasks beside the server, each
-//! owned by one [`TaskTracker`] and stopped by a [`CancellationToken`].
+//! Start: connect -> claim the SQLite file (a second server stops here, untouched) -> migrate (or
+//! only check the schema, `--migrations check`) -> metrics (when asked) -> bind -> serve, with
+//! the background tasks beside the server, each owned by one [`TaskTracker`] and stopped by a
+//! [`CancellationToken`].
 //!
 //! Stop, on [`Running::shutdown`] (`main` calls it on SIGTERM or Ctrl-C):
 //! 1. the health probe stops and health turns NOT_SERVING for every name, so load balancers send
@@ -32,7 +33,10 @@ use tonic_health::ServingStatus;
 use crate::{
     health, outbox,
     server::{self, ServeError, ServerSettings},
-    store::{self, ClaimError, ConnectError, PoolSettings, ServingClaim, Store},
+    store::{
+        self, ClaimError, ConnectError, MigrationError, PoolSettings, SchemaError, ServingClaim,
+        Store,
+    },
     telemetry,
 };
 
@@ -42,6 +46,8 @@ pub struct AppSettings {
     /// `sqlite:PATH`, `sqlite::memory:` or `postgres://...`.
     pub database_url: String,
     pub pool: PoolSettings,
+    /// Whether the start applies the migrations or only checks the schema is this binary's.
+    pub migrations: Migrations,
     /// Where to serve gRPC (port 0 for any free one; [`Running::address`] says which).
     pub listen: SocketAddr,
     /// Where to serve `GET /metrics`; none for no metrics. The recorder is process-wide, so one
@@ -57,7 +63,9 @@ pub enum AppError {
     #[error(transparent)]
     Claim(#[from] ClaimError),
     #[error(transparent)]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] MigrationError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("cannot listen on {address}")]
@@ -70,6 +78,17 @@ pub enum AppError {
     Serve(#[from] ServeError),
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// What the start does about the schema (`--migrations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Migrations {
+    /// Apply what the database does not have yet (the role must be allowed to change the
+    /// schema).
+    #[default]
+    Auto,
+    /// Apply nothing; refuse to start unless the database's schema is exactly this binary's.
+    Check,
 }
 
 /// A server that has started: it answers on [`Running::address`] until shut down.
@@ -113,12 +132,17 @@ impl Running {
 pub async fn start(settings: AppSettings) -> Result<Running, AppError> {
     let store = Store::connect(&settings.database_url, &settings.pool).await?;
     let claim = store.claim_for_serving().await?;
-    for migration in store.migrate().await? {
-        tracing::info!(
-            version = migration.version,
-            description = migration.description,
-            "migration applied"
-        );
+    match settings.migrations {
+        Migrations::Auto => {
+            for migration in store.migrate().await? {
+                tracing::info!(
+                    version = migration.version,
+                    description = migration.description,
+                    "migration applied"
+                );
+            }
+        }
+        Migrations::Check => store.check_schema().await?,
     }
     let tasks = TaskTracker::new();
     let metrics_stop = CancellationToken::new();

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::store::PoolSettings;
+use crate::{app::Migrations, store::PoolSettings};
 
 /// gRPC service that enrolls students in courses (school.v1), over SQLite or PostgreSQL.
 #[derive(Debug, Parser)]
@@ -77,6 +77,13 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub listen: SocketAddr,
+
+    /// At start, `auto` applies the migrations the database does not have yet (the role must
+    /// be allowed to change the schema); `check` applies nothing and refuses to start unless the
+    /// schema is exactly this binary's, for a role that may only read and write rows (run
+    /// `student-service migrate` as the schema's owner first).
+    #[arg(long, env = "MIGRATIONS", value_enum, default_value_t = Migrations::Auto, hide_env_values = true)]
+    pub migrations: Migrations,
 
     /// How often the health probe asks the database, on a connection of its own, whether it
     /// answers and takes writes.

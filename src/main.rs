@@ -44,6 +44,7 @@ async fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
     let settings = AppSettings {
         database_url: cli.database_url.clone(),
         pool: cli.pool_settings(),
+        migrations: cli.serve.migrations,
         listen: cli.serve.listen,
         metrics_listen: cli.serve.metrics_listen,
         server: ServerSettings {
@@ -151,7 +152,12 @@ fn chain(err: &dyn Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
+        // Many errors repeat their source in their own text (sqlx's `error returned from
+        // database: {0}`); say each thing once.
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(&format!(": {said}"));
+        }
         source = cause.source();
     }
     text

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Leadership;
-use crate::store::Store;
+use crate::{error::Error, store::Store};
 
 /// Rows numbered per statement; the sequencer loops until fewer are left.
 const SEQUENCER_BATCH: i64 = 1000;
@@ -15,6 +15,7 @@ const SEQUENCER_BATCH: i64 = 1000;
 pub(crate) async fn follow_head(store: Store, head: watch::Sender<i64>, interval: Duration) {
     let mut sequencer = Sequencer {
         leadership: Leadership::sequencer(),
+        read_only: false,
     };
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -42,6 +43,8 @@ pub(crate) async fn follow_head(store: Store, head: watch::Sender<i64>, interval
 /// time numbers them: the one holding the sequencer lock.
 struct Sequencer {
     leadership: Leadership,
+    /// Whether the last try found the database refusing writes (said once, not at every tick).
+    read_only: bool,
 }
 
 impl Sequencer {
@@ -55,10 +58,21 @@ impl Sequencer {
         };
         loop {
             match session.number_ready_events(SEQUENCER_BATCH).await {
-                Ok(numbered) if (numbered as i64) < SEQUENCER_BATCH => return,
-                Ok(_) => {}
+                Ok(numbered) => {
+                    self.read_only = false;
+                    if (numbered as i64) < SEQUENCER_BATCH {
+                        return;
+                    }
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "numbering enrollment events failed; trying again");
+                    // The next try opens a new session: this one may reach a server that has
+                    // become a standby, or be broken, while a new one reaches the primary.
+                    self.leadership.release();
+                    let read_only = matches!(err, Error::ReadOnly(_));
+                    if !(read_only && self.read_only) {
+                        tracing::warn!(error = %err, "numbering enrollment events failed; trying again");
+                    }
+                    self.read_only = read_only;
                     return;
                 }
             }

@@ -75,6 +75,13 @@ impl Leadership {
         self.holds
     }
 
+    /// Lets go of the job and its session (the lock ends with it); the next [`Leadership::hold`]
+    /// opens a new one.
+    pub(super) fn release(&mut self) {
+        self.holds = false;
+        self.session = None;
+    }
+
     /// The session that holds the lock, while it does.
     pub(super) fn session(&mut self) -> Option<&mut Session> {
         self.session.as_mut().filter(|_| self.holds)

@@ -3,7 +3,7 @@
 
 use sqlx::error::{DatabaseError, ErrorKind};
 
-use super::refusals;
+use super::{pg_pool::Left, refusals};
 use crate::error::Error;
 
 impl From<sqlx::Error> for Error {
@@ -29,12 +29,14 @@ pub(super) fn shared(err: &sqlx::Error) -> Error {
     }
 }
 
-/// Whether a statement that failed with `err` left its connection fit for the next one: the
+/// What a statement that failed with `err` left its connection fit for: clean when the
 /// database refused it (a constraint, a trigger's exception, no row) and said so, with nothing
-/// wrong on the connection itself.
-pub(super) fn leaves_connection_clean(err: &sqlx::Error) -> bool {
+/// wrong on the connection itself; unfit when the server refuses writes (a standby behind an
+/// endpoint that switched early, an old primary that rejoined as one: a new connection may
+/// reach the writable one); to be settled otherwise.
+pub(super) fn leaves_connection(err: &sqlx::Error) -> Left {
     match err {
-        sqlx::Error::RowNotFound => true,
+        sqlx::Error::RowNotFound => Left::Clean,
         sqlx::Error::Database(db) => {
             // A FATAL error ends the session whatever its code (e.g. 40001 "terminating
             // connection due to conflict with recovery").
@@ -46,9 +48,14 @@ pub(super) fn leaves_connection_clean(err: &sqlx::Error) -> bool {
                         sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
                     )
                 });
-            !fatal && !matches!(classify(err), Class::Unavailable)
+            match classify(err) {
+                _ if fatal => Left::Unsettled,
+                Class::Unavailable => Left::Unsettled,
+                Class::ReadOnly => Left::Unfit,
+                Class::Conflict | Class::Internal => Left::Clean,
+            }
         }
-        _ => false,
+        _ => Left::Unsettled,
     }
 }
 
@@ -100,6 +107,23 @@ fn refuses_writes(db: &dyn DatabaseError) -> bool {
         Some(primary) => primary == 8,
         None => db.code().as_deref() == Some("25006"),
     }
+}
+
+/// [`refuses_writes`] for any sqlx error.
+pub(super) fn refuses_writes_error(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if refuses_writes(db.as_ref()))
+}
+
+/// PostgreSQL's insufficient_privilege (42501): the role may not do this.
+pub(super) fn is_permission_denied(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"))
+}
+
+/// A table that does not exist: PostgreSQL's undefined_table (42P01), or SQLite's "no such
+/// table" (SQLITE_ERROR, told apart by its message only).
+pub(super) fn is_undefined_table(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table"))
 }
 
 /// SQLITE_READONLY (8): the file cannot be written.

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use sqlx::{Database, Pool, pool::PoolConnection};
 
-use super::{Connections, Lent, Store, errors};
+use super::{Connections, Left, Lent, Store, errors};
 use crate::error::Error;
 use crate::telemetry::{
     metrics::labelled_histogram,
@@ -50,24 +50,24 @@ impl Lend for Connections {
 
 /// A lent connection, told how the operation on it ended (see `pg_pool::Lent::settle`).
 pub(super) trait Settle {
-    fn settle(&mut self, clean: bool);
+    fn settle(&mut self, left: Left);
 }
 
 impl<DB: Database> Settle for PoolConnection<DB> {
     /// sqlx's pool settles every connection itself.
-    fn settle(&mut self, _clean: bool) {}
+    fn settle(&mut self, _left: Left) {}
 }
 
 impl Settle for Lent {
-    fn settle(&mut self, clean: bool) {
-        Lent::settle(self, clean);
+    fn settle(&mut self, left: Left) {
+        Lent::settle(self, left);
     }
 }
 
 /// The end of an operation: did it leave its connection clean (it ran to its end and failed,
 /// if at all, in the database rather than on the wire)? Did it fail?
 pub(super) trait Outcome {
-    fn leaves_connection_clean(&self) -> bool;
+    fn leaves_connection(&self) -> Left;
 
     /// How the operation failed, in or on the way to the database, as its span's status says
     /// it; `None` for success and for the answers the schema is designed to give (no row, a
@@ -92,10 +92,10 @@ const FAILED: DbFailure = DbFailure {
 };
 
 impl<T> Outcome for Result<T, sqlx::Error> {
-    fn leaves_connection_clean(&self) -> bool {
+    fn leaves_connection(&self) -> Left {
         self.as_ref()
             .err()
-            .is_none_or(errors::leaves_connection_clean)
+            .map_or(Left::Clean, errors::leaves_connection)
     }
 
     fn failure(&self) -> Option<DbFailure> {
@@ -113,8 +113,12 @@ impl<T> Outcome for Result<T, sqlx::Error> {
 
 /// Migrations run once at start; a failed one is settled with a ping whatever it was.
 impl<T> Outcome for Result<T, sqlx::migrate::MigrateError> {
-    fn leaves_connection_clean(&self) -> bool {
-        self.is_ok()
+    fn leaves_connection(&self) -> Left {
+        if self.is_ok() {
+            Left::Clean
+        } else {
+            Left::Unsettled
+        }
     }
 
     fn failure(&self) -> Option<DbFailure> {
@@ -123,8 +127,12 @@ impl<T> Outcome for Result<T, sqlx::migrate::MigrateError> {
 }
 
 impl<T> Outcome for Result<T, Error> {
-    fn leaves_connection_clean(&self) -> bool {
-        !matches!(self, Err(Error::Unavailable(_) | Error::Internal(_)))
+    fn leaves_connection(&self) -> Left {
+        match self {
+            Err(Error::Unavailable(_) | Error::Internal(_)) => Left::Unsettled,
+            Err(Error::ReadOnly(_)) => Left::Unfit,
+            _ => Left::Clean,
+        }
     }
 
     fn failure(&self) -> Option<DbFailure> {
@@ -144,7 +152,7 @@ fn failure_of(err: &Error) -> Option<DbFailure> {
 
 /// Tells `connection` how the operation on it ended.
 pub(super) fn settle(connection: &mut impl Settle, outcome: &impl Outcome) {
-    connection.settle(outcome.leaves_connection_clean());
+    connection.settle(outcome.leaves_connection());
 }
 
 /// A connection from `pool`, the wait recorded under `name`; a failed wait is a span of the

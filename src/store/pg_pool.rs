@@ -21,7 +21,12 @@
 //! quarter of the shorter limit late at most; one about to be lent is checked as it is taken.
 //! Each close is counted by its reason in [`CONNECTIONS_CLOSED`], with the connections dropped
 //! as broken. A connection PostgreSQL closed meanwhile fails the next statement on it with
-//! UNAVAILABLE, as with sqlx's pool, and is then dropped (`broken`). The sessions of
+//! UNAVAILABLE, as with sqlx's pool, and is then dropped (`broken`); the other connections
+//! opened before that failure are checked (one statement: does it answer, and take writes?)
+//! before each is next lent, so a failover or a restart costs each pool one failed call, not one
+//! per pooled connection. A connection whose server refused a write as read-only is dropped
+//! at once (a standby behind an endpoint that moved early: a new connection may reach the
+//! primary), with the same check of the others. The sessions of
 //! [`Connections::detached`] (the sequencer's lock, the health probe) are not the pool's and have
 //! neither limit.
 
@@ -29,7 +34,7 @@ use std::{
     ops::{Deref, DerefMut},
     sync::{
         Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -58,6 +63,17 @@ const MIN_REAP_PERIOD: Duration = Duration::from_millis(10);
 
 /// Connections the pool closed (`reason`: `lifetime`, `idle`) or dropped (`broken`).
 const CONNECTIONS_CLOSED: &str = crate::telemetry::catalogue::DB_POOL_CONNECTIONS_CLOSED.name;
+
+/// What an operation left its connection fit for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// It ran to its end; any failure was the database's answer, with the connection fine.
+    Clean,
+    /// It may hold unsent or unread messages, or be broken: settle it (a ping) before reuse.
+    Unsettled,
+    /// It reaches a server that refuses writes: drop it.
+    Unfit,
+}
 
 /// Why a connection left the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +120,9 @@ struct Shared {
     idle_timeout: Option<Duration>,
     /// Connections that exist, idle or lent.
     open: AtomicU32,
+    /// Connection failures so far; a connection opened or checked before the latest is checked
+    /// before it is lent again.
+    failures: AtomicU64,
     /// The task that closes idle connections past their limits, if there are limits.
     reaper: Mutex<Option<AbortHandle>>,
 }
@@ -115,6 +134,8 @@ struct Pooled {
     /// When its lifetime ends.
     retire_at: Option<Instant>,
     idle_timeout: Option<Duration>,
+    /// `failures` when it opened or was last checked.
+    checked_at_failure: u64,
 }
 
 /// A connection waiting to be lent, since when.
@@ -164,11 +185,12 @@ impl Connections {
                 max_lifetime: settings.max_lifetime,
                 idle_timeout: settings.idle_timeout,
                 open: AtomicU32::new(0),
+                failures: AtomicU64::new(0),
                 reaper: Mutex::new(None),
             }),
         };
         let mut first = pool.acquire().await?;
-        first.settle(true);
+        first.settle(Left::Clean);
         drop(first);
         *pool.shared.lock_reaper() = start_reaper(&pool.shared);
         Ok(pool)
@@ -192,6 +214,11 @@ impl Connections {
             let idle = shared.lock_idle().pop();
             match idle {
                 Some(idle) => match idle.expired(Instant::now()) {
+                    None if shared.suspects(&idle.pooled) => {
+                        if let Some(pooled) = shared.check(idle.pooled).await {
+                            break pooled;
+                        }
+                    }
                     None => break idle.pooled,
                     Some(reason) => shared.retire(idle.pooled, reason),
                 },
@@ -205,7 +232,7 @@ impl Connections {
             pooled: Some(pooled),
             permit: Some(permit),
             shared: self.shared.clone(),
-            clean: false,
+            left: Left::Unsettled,
         })
     }
 
@@ -216,6 +243,7 @@ impl Connections {
         tokio::time::timeout(self.shared.acquire_timeout, connecting)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(unreachable)
     }
 
     /// Waits for every lent connection to come back, then closes them all; later acquires
@@ -246,6 +274,20 @@ impl Connections {
 
     pub(crate) fn max_connections(&self) -> u32 {
         self.shared.max
+    }
+}
+
+/// A failure to connect, with a protocol error made what it is: the server unreachable. sqlx
+/// reads a connection closed during its TLS request (a proxy with no server behind it, a
+/// PostgreSQL shutting down) as the answer byte 0 and calls it a protocol error, which would
+/// become INTERNAL.
+fn unreachable(err: sqlx::Error) -> sqlx::Error {
+    match err {
+        sqlx::Error::Protocol(said) => sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            said,
+        )),
+        other => other,
     }
 }
 
@@ -307,7 +349,8 @@ impl Shared {
         let connecting = PgConnection::connect_with(&self.options);
         let connection = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(unreachable)?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled {
             connection,
@@ -315,7 +358,35 @@ impl Shared {
                 .max_lifetime
                 .map(|lifetime| Instant::now() + jittered(lifetime)),
             idle_timeout: self.idle_timeout.map(jittered),
+            checked_at_failure: self.failures.load(Ordering::Relaxed),
         })
+    }
+
+    /// Whether a connection failed since `pooled` opened or was last checked.
+    fn suspects(&self, pooled: &Pooled) -> bool {
+        pooled.checked_at_failure < self.failures.load(Ordering::Relaxed)
+    }
+
+    /// `pooled` if it still answers and takes writes; else it is dropped as broken.
+    async fn check(&self, mut pooled: Pooled) -> Option<Pooled> {
+        let failures = self.failures.load(Ordering::Relaxed);
+        let asked = sqlx::query_scalar("SELECT current_setting('transaction_read_only') = 'off'")
+            .fetch_one(&mut pooled.connection);
+        match tokio::time::timeout(SETTLE_TIMEOUT, asked).await {
+            Ok(Ok(true)) => {
+                pooled.checked_at_failure = failures;
+                Some(pooled)
+            }
+            _ => {
+                self.discard();
+                None
+            }
+        }
+    }
+
+    /// A connection failed: those opened before are checked before their next use.
+    fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Back among the idle, unless its lifetime is over.
@@ -361,15 +432,15 @@ pub(crate) struct Lent {
     pooled: Option<Pooled>,
     permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
-    clean: bool,
+    left: Left,
 }
 
 impl Lent {
     /// Says how the operation ended: `clean` when it ran to its end and failed, if at all, in
     /// the database (a constraint, a trigger's exception) rather than on the wire. Without it
     /// (a cancelled call) the connection is settled with a ping before it is lent again.
-    pub(crate) fn settle(&mut self, clean: bool) {
-        self.clean = clean;
+    pub(crate) fn settle(&mut self, left: Left) {
+        self.left = left;
     }
 }
 
@@ -396,10 +467,19 @@ impl Drop for Lent {
         // The permit goes after the connection is back, so the next caller finds it idle.
         let permit = self.permit.take();
         let connection = &pooled.connection;
-        if self.clean && !connection.should_flush() && !connection.is_in_transaction() {
-            self.shared.put_back(pooled);
-            drop(permit);
-            return;
+        let clean = !connection.should_flush() && !connection.is_in_transaction();
+        match self.left {
+            Left::Clean if clean => {
+                self.shared.put_back(pooled);
+                drop(permit);
+                return;
+            }
+            Left::Unfit => {
+                self.shared.failed();
+                self.shared.discard();
+                return;
+            }
+            Left::Clean | Left::Unsettled => {}
         }
         let shared = self.shared.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -414,7 +494,10 @@ impl Drop for Lent {
             let connection = &mut pooled.connection;
             match tokio::time::timeout(SETTLE_TIMEOUT, connection.ping()).await {
                 Ok(Ok(())) if !connection.is_in_transaction() => shared.put_back(pooled),
-                _ => shared.discard(),
+                _ => {
+                    shared.failed();
+                    shared.discard();
+                }
             }
             drop(permit);
         });
@@ -431,8 +514,16 @@ mod tests {
 
     /// A pool of two connections to `TEST_DATABASE_URL`'s server with these limits.
     async fn open(max_lifetime: Option<Duration>, idle_timeout: Option<Duration>) -> Connections {
+        open_sized(2, max_lifetime, idle_timeout).await
+    }
+
+    async fn open_sized(
+        max_connections: u32,
+        max_lifetime: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Connections {
         let settings = PoolSettings {
-            max_connections: 2,
+            max_connections,
             max_lifetime,
             idle_timeout,
             ..PoolSettings::for_tests()
@@ -458,7 +549,7 @@ mod tests {
     async fn lend_once(pool: &Connections) -> i32 {
         let mut lent = pool.acquire().await.expect("a connection");
         let pid = backend_pid(&mut lent).await;
-        lent.settle(true);
+        lent.settle(Left::Clean);
         pid
     }
 
@@ -522,7 +613,7 @@ mod tests {
         let first = backend_pid(&mut lent).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(backend_pid(&mut lent).await, first, "closed while lent");
-        lent.settle(true);
+        lent.settle(Left::Clean);
         drop(lent);
         assert_eq!(
             (pool.size(), pool.num_idle()),
@@ -559,8 +650,8 @@ mod tests {
         let mut a = pool.acquire().await.expect("a connection");
         let mut b = pool.acquire().await.expect("another");
         let pids = [backend_pid(&mut a).await, backend_pid(&mut b).await];
-        a.settle(true);
-        b.settle(true);
+        a.settle(Left::Clean);
+        b.settle(Left::Clean);
         let returned = Instant::now();
         drop((a, b));
         assert_eq!((pool.size(), pool.num_idle()), (2, 2));
@@ -600,7 +691,7 @@ mod tests {
             .expect("terminate");
         let failed = sqlx::query("SELECT 1").execute(&mut *lent).await;
         assert!(failed.is_err(), "{failed:?}");
-        lent.settle(false);
+        lent.settle(Left::Unsettled);
         drop(lent);
         for _ in 0..100 {
             if pool.size() == 0 {
@@ -611,6 +702,62 @@ mod tests {
         assert_eq!(pool.size(), 0);
         assert_eq!(closed(&metrics, "broken"), 1, "{}", metrics.render());
         assert_ne!(lend_once(&pool).await, pid, "a new connection");
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(test_postgres),
+        ignore = "needs PostgreSQL: set TEST_DATABASE_URL (README)"
+    )]
+    async fn after_one_connection_fails_the_others_are_checked_so_one_call_fails_not_one_each() {
+        let pool = open_sized(4, None, None).await;
+        let mut lent = Vec::new();
+        for _ in 0..4 {
+            lent.push(pool.acquire().await.expect("a connection"));
+        }
+        let mut pids = Vec::new();
+        for connection in &mut lent {
+            pids.push(backend_pid(connection).await);
+            connection.settle(Left::Clean);
+        }
+        drop(lent);
+        assert_eq!(pool.num_idle(), 4);
+        // What a restart or a failover of PostgreSQL does to every connection at once.
+        let mut admin = PgConnection::connect_with(&options())
+            .await
+            .expect("connect");
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
+            .bind(&pids)
+            .execute(&mut admin)
+            .await
+            .expect("terminate");
+        assert_gone(&pids).await;
+
+        let mut failed = 0;
+        for _ in 0..8 {
+            let mut connection = pool.acquire().await.expect("a connection");
+            let answer = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(&mut *connection)
+                .await;
+            match answer {
+                Ok(pid) => {
+                    assert!(!pids.contains(&pid), "lent a terminated connection");
+                    connection.settle(Left::Clean);
+                }
+                Err(_) => {
+                    failed += 1;
+                    connection.settle(Left::Unsettled);
+                }
+            }
+            drop(connection);
+            // The failed connection is settled (and found broken) in a task of its own.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            failed, 1,
+            "one call pays for the failover, not one per connection"
+        );
         pool.close().await;
     }
 }

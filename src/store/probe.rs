@@ -6,7 +6,8 @@
 //! which would take every replica out of its load balancer at once. So the probe keeps one
 //! connection outside the pools: a PostgreSQL session, or a read-only connection to the SQLite
 //! file (an in-memory database has no file to reach: there the probe uses the pool). A probe
-//! that fails or takes too long drops its connection and opens a new one next time.
+//! that fails, takes too long or finds the database read-only drops its connection and opens a
+//! new one next time.
 //!
 //! PostgreSQL is also asked whether it takes writes: an endpoint that moved to a standby (or a
 //! database set `default_transaction_read_only`) answers reads but refuses every write, and a
@@ -63,6 +64,12 @@ impl Probe {
     /// Asks the database, waiting at most `timeout` (connecting included).
     pub async fn check(&mut self, timeout: Duration) -> Readiness {
         match tokio::time::timeout(timeout, self.ask()).await {
+            Ok(Ok(Readiness::ReadOnly)) => {
+                // The next check connects anew: the endpoint may lead to the primary by then
+                // (a DNS name or a Service that moves), while this connection stays where it is.
+                self.own = None;
+                Readiness::ReadOnly
+            }
             Ok(Ok(readiness)) => readiness,
             Ok(Err(err)) => {
                 tracing::debug!("health probe failed: {err}");

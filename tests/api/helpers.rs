@@ -21,7 +21,7 @@ use student_service::{
         self, course_service_client::CourseServiceClient,
         student_service_client::StudentServiceClient,
     },
-    app::{self, AppSettings, Running},
+    app::{self, AppSettings, Migrations, Running},
     server::ServerSettings,
     store::{PoolSettings, Store},
 };
@@ -263,6 +263,7 @@ pub(crate) async fn start_app(url: &str, server: ServerSettings, pool: PoolSetti
     let settings = AppSettings {
         database_url: url.to_owned(),
         pool,
+        migrations: Migrations::Auto,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_listen: None,
         server,

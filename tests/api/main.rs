@@ -1,6 +1,8 @@
 //! The integration suite: one binary, the real server, real databases, real HTTP/2.
 
+mod clusters;
 mod helpers;
+mod pki;
 mod process;
 mod proxy;
 
@@ -15,6 +17,9 @@ mod nats;
 mod pagination;
 mod parity;
 mod pg_pool;
+mod postgres_roles;
+mod postgres_standby;
+mod postgres_tls;
 mod races;
 mod reliability;
 mod replica_races;

@@ -151,6 +151,29 @@ impl ServerProcess {
     }
 }
 
+/// The binary over `database_url` with `env`, for a start that must fail: its exit code and
+/// what it wrote to stderr, once it has exited (within 30 s).
+pub(crate) async fn run_until_exit(
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", free_address().to_string())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the server gives up within 30 s")
+        .expect("run student-service");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A local address no one listens on (the port was free a moment ago).
 pub(crate) fn free_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

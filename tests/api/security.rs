@@ -9,10 +9,7 @@ use std::{
     time::Duration,
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use student_service::{
     api::pb::{
         self, course_service_client::CourseServiceClient,
@@ -33,59 +30,15 @@ use tonic_health::pb::{
 };
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{Backend, TestDatabase, assert_error, pool_settings, start_app, stop_app};
+use crate::{
+    helpers::{Backend, TestDatabase, assert_error, pool_settings, start_app, stop_app},
+    pki::{Ca, Pair},
+};
 
 const ADA_TOKEN: &str = "ada-token-5f3a9c2e8b71d4";
 const CI_TOKEN: &str = "ci-token-0d6e2b94f1a7c3";
 /// A call gets this long before the test counts it as hung.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A CA that signs certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate and its private key, PEM.
-struct Pair {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> Pair {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("subject names");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, &names[0]);
-        params.extended_key_usages.push(purpose);
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed");
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
 
 /// Everything a test needs, written to a temporary directory the way an operator would have it.
 struct Pki {

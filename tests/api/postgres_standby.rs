@@ -1,0 +1,173 @@
+//! A PostgreSQL standby where the primary should be: the service started on one, and the
+//! service's endpoint moved to one (a DNS name or a Service that switches before the promotion,
+//! an old primary that rejoined as a standby). Writes are UNAVAILABLE `DATABASE_READ_ONLY`,
+//! never INTERNAL; health is NOT_SERVING until the endpoint reaches a writable server again.
+//! On clusters of the test's own: a primary and a streaming standby (`pg_basebackup -R`).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use student_service::{api::pb, store::Store};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    clusters::{Cluster, Setup},
+    helpers::{error_reason, pool_settings},
+    process::{ServerProcess, run_until_exit},
+    proxy::Proxy,
+};
+
+/// A primary holding the service's schema, and a standby of it.
+async fn primary_and_standby() -> (Cluster, Cluster) {
+    let primary = Cluster::start(Setup::default());
+    let store = Store::connect(&primary.admin_url(), &pool_settings())
+        .await
+        .expect("connect to the primary");
+    store.migrate().await.expect("migrate the primary");
+    store.close().await;
+    let standby = Cluster::standby_of(&primary);
+    crate::clusters::wait_until_answering(&standby.admin_url()).await;
+    (primary, standby)
+}
+
+fn address(cluster: &Cluster) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], cluster.port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_pg_clusters),
+    ignore = "needs PostgreSQL's server binaries (initdb, pg_ctl): set PG_BIN (docs/development.md)"
+)]
+async fn started_on_a_standby_the_server_says_so_in_one_line_and_exits() {
+    let (_primary, standby) = primary_and_standby().await;
+    let (code, stderr) = run_until_exit(&standby.admin_url(), &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("ERROR"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(
+            "the database refuses writes (a PostgreSQL standby, in recovery, or read-only \
+             transactions), so the migrations cannot be applied: point --database-url at the primary"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        errors[0].matches("cannot execute").count(),
+        1,
+        "the database's own words, once: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_pg_clusters),
+    ignore = "needs PostgreSQL's server binaries (initdb, pg_ctl): set PG_BIN (docs/development.md)"
+)]
+async fn an_endpoint_moved_to_a_standby_is_unavailable_and_not_serving_until_it_moves_back() {
+    let (primary, standby) = primary_and_standby().await;
+    let proxy = Proxy::start(address(&primary)).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        proxy.address.port()
+    );
+    let server = ServerProcess::start(&url, &[("HEALTH_INTERVAL", "200ms")]).await;
+    let (mut students, _) = server.clients().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let create = |n: usize| pb::CreateStudentRequest {
+        name: format!("Student {n}"),
+        email: format!("student{n}@example.com"),
+    };
+    let first = students
+        .create_student(create(0))
+        .await
+        .expect("a write on the primary")
+        .into_inner();
+
+    proxy.switch_to(address(&standby)).await;
+    let started = Instant::now();
+    let mut refusals = 0;
+    for n in 1..=20 {
+        match students.create_student(create(n)).await {
+            Err(status) if status.code() == Code::Unavailable => {
+                let reason = error_reason(&status);
+                assert!(
+                    reason == "DATABASE_READ_ONLY" || reason == "DATABASE_UNAVAILABLE",
+                    "{status:?}"
+                );
+                refusals += usize::from(reason == "DATABASE_READ_ONLY");
+            }
+            other => panic!("a write on the standby: {other:?}"),
+        }
+    }
+    assert!(refusals > 0, "the standby's refusal is told apart");
+    wait_for_health(&mut health, ServingStatus::NotServing).await;
+    eprintln!(
+        "on the standby: 20 writes refused, health NOT_SERVING after {:?}",
+        started.elapsed()
+    );
+
+    // Reads are served by the standby: sixteen at once leave the pool full of connections to it.
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let mut students = students.clone();
+        let request = pb::GetStudentRequest {
+            student_id: first.id,
+        };
+        reads.spawn(async move { students.get_student(request).await });
+    }
+    while let Some(read) = reads.join_next().await {
+        read.expect("the read task").expect("a read on the standby");
+    }
+
+    // Back on the primary as a DNS change is: new connections reach it, those open stay on the
+    // standby. Each of those is dropped at its first refusal, so after at most one refused
+    // write per pooled connection (8 by default), every write reaches the primary.
+    proxy.redirect(address(&primary));
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let mut refused = 0;
+    let mut n = 21;
+    while students.create_student(create(n)).await.is_err() {
+        refused += 1;
+        n += 1;
+        assert!(refused <= 8, "writes still refused after {refused} tries");
+    }
+    eprintln!("back on the primary: {refused} writes refused on connections left on the standby");
+    for n in n + 1..n + 11 {
+        students
+            .create_student(create(n))
+            .await
+            .expect("a write once the endpoint is back on the primary");
+    }
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+}
+
+async fn wait_for_health(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    wanted: ServingStatus,
+) {
+    let started = Instant::now();
+    loop {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|response| response.into_inner().status);
+        if status.as_ref().is_ok_and(|status| *status == wanted as i32) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "health is {status:?}, not {wanted:?}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
