@@ -28,6 +28,7 @@ mod group_commit;
 mod migrate;
 mod observe;
 mod pg_pool;
+mod pg_targets;
 mod postgres;
 mod probe;
 mod redact;

@@ -39,16 +39,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{
-    Connection,
-    postgres::{PgConnectOptions, PgConnection},
-};
+use sqlx::{Connection, postgres::PgConnection};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
 
-use super::PoolSettings;
+use super::{PoolSettings, pg_targets::Targets};
 
 /// How long a connection returned unsettled may take to answer its ping (sqlx's pool gives a
 /// closing connection as long), and a retired one to say goodbye.
@@ -110,7 +107,7 @@ pub(crate) struct Connections {
 
 #[derive(Debug)]
 struct Shared {
-    options: PgConnectOptions,
+    targets: Targets,
     idle: Mutex<Vec<Idle>>,
     /// One per connection that may be lent at once.
     permits: Arc<Semaphore>,
@@ -171,13 +168,13 @@ impl Connections {
     /// A pool of at most `settings.max_connections` connections, the first opened now so that a
     /// wrong URL or an unreachable server fails at start.
     pub(super) async fn open(
-        options: PgConnectOptions,
+        targets: Targets,
         settings: &PoolSettings,
     ) -> Result<Connections, sqlx::Error> {
         let max = settings.max_connections;
         let pool = Connections {
             shared: Arc::new(Shared {
-                options,
+                targets,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(max as usize)),
                 max,
@@ -239,7 +236,7 @@ impl Connections {
     /// A connection of its own, outside the pool and its maximum (for a session that holds an
     /// advisory lock for as long as it lives), within the acquire timeout.
     pub(crate) async fn detached(&self) -> Result<PgConnection, sqlx::Error> {
-        let connecting = PgConnection::connect_with(&self.shared.options);
+        let connecting = self.shared.targets.connect();
         tokio::time::timeout(self.shared.acquire_timeout, connecting)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
@@ -346,7 +343,7 @@ impl Shared {
 
     /// A new connection, within `timeout`, with its limits drawn.
     async fn connect(&self, timeout: Duration) -> Result<Pooled, sqlx::Error> {
-        let connecting = PgConnection::connect_with(&self.options);
+        let connecting = self.targets.connect();
         let connection = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
@@ -508,6 +505,8 @@ impl Drop for Lent {
 mod tests {
     use std::str::FromStr;
 
+    use sqlx::postgres::PgConnectOptions;
+
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
     use super::*;
@@ -528,7 +527,7 @@ mod tests {
             idle_timeout,
             ..PoolSettings::for_tests()
         };
-        Connections::open(options(), &settings)
+        Connections::open(Targets::single(options()), &settings)
             .await
             .expect("PostgreSQL answers")
     }

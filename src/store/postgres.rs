@@ -5,14 +5,10 @@
 //! hold secrets. So the URL's parameters are sorted here first: those sqlx reads go on, the
 //! others are dropped with a warning that names the key and never the value.
 
-use std::str::FromStr;
-
-use sqlx::postgres::PgConnectOptions;
-
-use super::{PoolSettings, pg_pool::Connections};
+use super::{PoolSettings, pg_pool::Connections, pg_targets::Targets};
 
 /// The parameters sqlx 0.9's PostgreSQL driver reads (sqlx-postgres `options/parse.rs`), plus
-/// the `options[NAME]` form.
+/// the `options[NAME]` form, and libpq's multi-host ones that [`Targets`] reads.
 const KNOWN_PARAMETERS: &[&str] = &[
     "sslmode",
     "ssl-mode",
@@ -32,31 +28,37 @@ const KNOWN_PARAMETERS: &[&str] = &[
     "password",
     "application_name",
     "options",
+    // libpq's, read by `pg_targets`.
+    "target_session_attrs",
+    "connect_timeout",
 ];
 
 pub(super) async fn open(url: &str, settings: &PoolSettings) -> Result<Connections, sqlx::Error> {
-    let mut options = PgConnectOptions::from_str(&without_unknown_parameters(url))?
-        .application_name("student-service");
-    // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
-    // every start) would be logged as INFO lines; warnings still come through. A
-    // `client_min_messages` in the URL's `options` wins.
-    if options
-        .get_options()
-        .is_none_or(|set| !set.contains("client_min_messages"))
-    {
-        options = options.options([("client_min_messages", "warning")]);
-    }
-    Connections::open(options, settings).await
+    let targets = Targets::parse(&without_unknown_parameters(url))?.map(|options| {
+        let options = options.application_name("student-service");
+        // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
+        // every start) would be logged as INFO lines; warnings still come through. A
+        // `client_min_messages` in the URL's `options` wins.
+        if options
+            .get_options()
+            .is_none_or(|set| !set.contains("client_min_messages"))
+        {
+            options.options([("client_min_messages", "warning")])
+        } else {
+            options
+        }
+    });
+    Connections::open(targets, settings).await
 }
 
-/// The URL without the query parameters sqlx would ignore, each dropped with a warning naming
-/// its key only. A URL that does not parse is returned as it is, for sqlx to refuse.
+/// The URL without the query parameters neither sqlx nor [`Targets`] reads, each dropped with a
+/// warning naming its key only. (A multi-host URL is not a URL to the `url` crate: the query is
+/// taken apart on its own.)
 fn without_unknown_parameters(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
+    let Some((base, query)) = url.split_once('?') else {
         return url.to_owned();
     };
-    let (kept, dropped): (Vec<_>, Vec<_>) = parsed
-        .query_pairs()
+    let (kept, dropped): (Vec<_>, Vec<_>) = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .partition(|(key, _)| is_known(key));
     if dropped.is_empty() {
@@ -69,11 +71,12 @@ fn without_unknown_parameters(url: &str) -> String {
         );
     }
     if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
+        return base.to_owned();
     }
-    parsed.into()
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
+    format!("{base}?{query}")
 }
 
 fn is_known(key: &str) -> bool {
@@ -95,6 +98,12 @@ mod tests {
         assert_eq!(
             without_unknown_parameters("postgres://db/s?sslpassword=hunter2"),
             "postgres://db/s"
+        );
+        assert_eq!(
+            without_unknown_parameters(
+                "postgres://u@h1:5432,h2/s?sslpassword=x&target_session_attrs=read-write"
+            ),
+            "postgres://u@h1:5432,h2/s?target_session_attrs=read-write"
         );
         let known = "postgres://db/s?options=-c%20statement_timeout%3D5s&options[a]=b";
         assert_eq!(without_unknown_parameters(known), known);

@@ -100,6 +100,19 @@ impl Cluster {
         self.url("postgres", "127.0.0.1", "postgres")
     }
 
+    /// `pg_ctl promote`, waiting until the standby takes writes.
+    pub(crate) fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]);
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`).
+    pub(crate) fn stop(&mut self) {
+        if self.running {
+            self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"]);
+            self.running = false;
+        }
+    }
+
     fn empty(role: &str) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("pg-{role}-"))

@@ -17,6 +17,7 @@ mod nats;
 mod pagination;
 mod parity;
 mod pg_pool;
+mod postgres_failover;
 mod postgres_roles;
 mod postgres_standby;
 mod postgres_tls;

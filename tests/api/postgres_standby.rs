@@ -2,7 +2,9 @@
 //! service's endpoint moved to one (a DNS name or a Service that switches before the promotion,
 //! an old primary that rejoined as a standby). Writes are UNAVAILABLE `DATABASE_READ_ONLY`,
 //! never INTERNAL; health is NOT_SERVING until the endpoint reaches a writable server again.
-//! On clusters of the test's own: a primary and a streaming standby (`pg_basebackup -R`).
+//! And libpq's multi-host URLs over a primary and its standby: a host that is down or of the
+//! wrong kind is skipped. On clusters of the test's own: a primary and a streaming standby
+//! (`pg_basebackup -R`).
 
 use std::{
     net::SocketAddr,
@@ -167,6 +169,120 @@ async fn wait_for_health(
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "health is {status:?}, not {wanted:?}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `postgres://postgres@127.0.0.1:P1,127.0.0.1:P2,.../postgres?QUERY`
+fn multi_host_url(ports: &[u16], query: &str) -> String {
+    let hosts: Vec<String> = ports
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    format!("postgres://postgres@{}/postgres?{query}", hosts.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(test_pg_clusters),
+    ignore = "needs PostgreSQL's server binaries (initdb, pg_ctl): set PG_BIN (docs/development.md)"
+)]
+async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
+    let (primary, mut standby) = primary_and_standby().await;
+    let down = crate::process::free_address().port();
+
+    // The first host is down: the second serves.
+    let url = multi_host_url(&[down, primary.port], "connect_timeout=2");
+    let server = ServerProcess::start(&url, &[]).await;
+    let (mut students, _) = server.clients().await;
+    crate::process::create_ada(&mut students).await;
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+
+    // The first host is a standby: `any` (libpq's default) takes it, and the start says so...
+    let standby_first = [standby.port, primary.port];
+    let (code, stderr) = run_until_exit(&multi_host_url(&standby_first, ""), &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("point --database-url at the primary"),
+        "{stderr}"
+    );
+    // ...`read-write` skips it.
+    let url = multi_host_url(&standby_first, "target_session_attrs=read-write");
+    let server = ServerProcess::start(&url, &[]).await;
+    let (mut students, _) = server.clients().await;
+    students
+        .create_student(pb::CreateStudentRequest {
+            name: "Grace".into(),
+            email: "grace@example.com".into(),
+        })
+        .await
+        .expect("a write reaches the primary");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(15)).await.success());
+
+    // `prefer-standby` takes the standby while there is one (writes there are refused as
+    // read-only, health is NOT_SERVING: the server runs with --migrations check, which writes
+    // nothing), and the primary once it is gone.
+    let url = multi_host_url(
+        &[primary.port, standby.port],
+        "target_session_attrs=prefer-standby",
+    );
+    let address = crate::process::free_address();
+    let _server = tokio::process::Command::new(env!("CARGO_BIN_EXE_student-service"))
+        .env("DATABASE_URL", &url)
+        .env("LISTEN_ADDR", address.to_string())
+        .env("MIGRATIONS", "check")
+        .env("HEALTH_INTERVAL", "200ms")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start student-service");
+    let channel = connect(address).await;
+    let mut students = pb::student_service_client::StudentServiceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    wait_for_health(&mut health, ServingStatus::NotServing).await;
+    let refused = students
+        .create_student(pb::CreateStudentRequest {
+            name: "Linus".into(),
+            email: "linus@example.com".into(),
+        })
+        .await
+        .expect_err("the standby refuses writes");
+    assert_eq!(error_reason(&refused), "DATABASE_READ_ONLY", "{refused:?}");
+    standby.stop();
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let started = Instant::now();
+    loop {
+        let written = students
+            .create_student(pb::CreateStudentRequest {
+                name: "Linus".into(),
+                email: "linus@example.com".into(),
+            })
+            .await;
+        match written {
+            Ok(_) => break,
+            Err(status) => assert!(
+                started.elapsed() < Duration::from_secs(10) && status.code() == Code::Unavailable,
+                "{status:?}"
+            ),
+        }
+    }
+}
+
+/// A channel to a server that is starting (health may not be SERVING yet).
+async fn connect(address: SocketAddr) -> tonic::transport::Channel {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never listened"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
