@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{app::Migrations, store::PoolSettings};
+use crate::{
+    app::Migrations,
+    store::{PoolSettings, ReplicaSettings},
+};
 
 /// gRPC service that enrolls students in courses (school.v1), over SQLite or PostgreSQL.
 #[derive(Debug, Parser)]
@@ -156,6 +159,21 @@ pub struct ServeArgs {
     #[arg(long, env = "SQLITE_DIRECT_READS", value_enum, default_value_t = Switch::On, hide_env_values = true)]
     pub sqlite_direct_reads: Switch,
 
+    /// A PostgreSQL streaming replica (or a libpq multi-host list, e.g. with
+    /// `target_session_attrs=prefer-standby`) that read RPCs read from; writes, reads inside
+    /// writes and the event feed stay on --database-url. Off by default; refused for SQLite.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
+    /// A read that sends back a write's x-consistency-token waits at most this long for the
+    /// replica to replay the write before it reads from the primary instead.
+    #[arg(long, env = "READ_YOUR_WRITES_WAIT", default_value = "100ms", value_parser = parse_duration, hide_env_values = true)]
+    pub read_your_writes_wait: Duration,
+
+    /// A replica further behind the primary than this is not read from until it catches up.
+    #[arg(long, env = "MAX_REPLICA_LAG", default_value = "1s", value_parser = parse_duration, hide_env_values = true)]
+    pub max_replica_lag: Duration,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 }
@@ -212,6 +230,15 @@ impl Cli {
             sqlite_direct_reads: self.serve.sqlite_direct_reads == Switch::On,
             max_lifetime: limit(self.database_max_lifetime),
             idle_timeout: limit(self.database_idle_timeout),
+            replica: self
+                .serve
+                .database_read_url
+                .as_ref()
+                .map(|url| ReplicaSettings {
+                    url: url.clone(),
+                    max_lag: self.serve.max_replica_lag,
+                    token_wait: self.serve.read_your_writes_wait,
+                }),
         }
     }
 }

@@ -9,6 +9,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use crate::{
     api::{
         CourseApi, EventApi, StudentApi,
+        consistency::ConsistencyLayer,
         end_streams::EndOnShutdown,
         limits::CallLimitsLayer,
         observe::ObserveLayer,
@@ -124,6 +125,12 @@ pub(crate) async fn serve<H: Health>(
         .layer(CallLimitsLayer::new(
             settings.request_timeout,
             settings.max_in_flight,
+        ))
+        // Only with a replica: without one, calls do not pass through it at all.
+        .layer(tower::util::option_layer(
+            store
+                .has_replica()
+                .then(|| ConsistencyLayer::new(store.clone())),
         ))
         .add_service(InterceptedService::new(
             StudentServiceServer::new(StudentApi::new(store.clone()))

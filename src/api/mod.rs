@@ -1,5 +1,6 @@
 //! The gRPC adapters: proto request -> domain -> store -> proto response, nothing else.
 
+pub mod consistency;
 mod convert;
 mod courses;
 pub mod end_streams;

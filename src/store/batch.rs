@@ -87,7 +87,7 @@ impl Store {
                 let work = run(writer, student, &courses, now);
                 observe::statement(observe::SQLITE_SYSTEM, "batch_assign_courses", work).await
             }
-            Backend::Postgres(pool) => {
+            Backend::Postgres(pool, _) => {
                 let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
                 let writer = Writer::Postgres(&mut connection);
                 let work = run(writer, student, &courses, now);

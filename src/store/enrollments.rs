@@ -58,7 +58,7 @@ impl Store {
     pub async fn assign(&self, pair: StudentCourse, now: i64) -> Result<(Enrollment, bool)> {
         let assigned = match &self.0 {
             Backend::Sqlite { assigner, .. } => assigner.assign(pair, now).await?,
-            Backend::Postgres(pool) => assign_on_postgres(pool, pair, now).await?,
+            Backend::Postgres(pool, _) => assign_on_postgres(pool, pair, now).await?,
         };
         let enrollment = |enroll_time| Enrollment {
             student_id: pair.student_id,
@@ -102,7 +102,7 @@ impl Store {
     pub async fn unassign(&self, pair: StudentCourse) -> Result<()> {
         let delete = match &self.0 {
             Backend::Sqlite { .. } => DELETE,
-            Backend::Postgres(_) => DELETE_AFTER_LOCKING_COURSE,
+            Backend::Postgres(..) => DELETE_AFTER_LOCKING_COURSE,
         };
         let deleted = with_writer!(self, "unassign_course", pool => sqlx::query(delete)
             .bind(pair.student_id)

@@ -172,7 +172,7 @@ impl Store {
     pub async fn event_head(&self) -> Result<i64> {
         let head = match &self.0 {
             Backend::Sqlite { .. } => HEAD_SQLITE,
-            Backend::Postgres(_) => HEAD_POSTGRES,
+            Backend::Postgres(..) => HEAD_POSTGRES,
         };
         Ok(
             with_reader!(self, "watch_events", pool => sqlx::query_scalar(head).fetch_one(pool).await)?,
@@ -243,14 +243,14 @@ impl Store {
     /// Whether several servers may share this database (PostgreSQL), so that a job only one of
     /// them may do needs a leader; a SQLite file has one server.
     pub fn is_shared(&self) -> bool {
-        matches!(self.0, Backend::Postgres(_))
+        matches!(self.0, Backend::Postgres(..))
     }
 
     /// A PostgreSQL session of its own, outside the pool and its maximum, within the acquire
     /// timeout: for a job that holds a session advisory lock for as long as it lives. None on
     /// SQLite.
     pub async fn session(&self) -> Option<Result<Session>> {
-        let Backend::Postgres(pool) = &self.0 else {
+        let Backend::Postgres(pool, _) = &self.0 else {
             return None;
         };
         Some(pool.detached().await.map(Session).map_err(Into::into))

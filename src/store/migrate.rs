@@ -104,7 +104,7 @@ impl Store {
     fn migrator(&self) -> &'static Migrator {
         match &self.0 {
             Backend::Sqlite { .. } => &SQLITE,
-            Backend::Postgres(_) => &POSTGRES,
+            Backend::Postgres(..) => &POSTGRES,
         }
     }
 

@@ -33,6 +33,7 @@ mod postgres;
 mod probe;
 mod redact;
 pub mod refusals;
+pub mod replica;
 mod rows;
 mod sqlite;
 mod sqlite_direct;
@@ -50,6 +51,8 @@ pub use migrate::{Applied, MigrationError, SchemaError, Versions};
 use pg_pool::{Connections, Left, Lent};
 pub use probe::{Probe, Readiness};
 pub use redact::redact;
+use replica::Replica;
+pub use replica::ReplicaSettings;
 use sqlite::Location;
 pub use sqlite::{ClaimError, ServingClaim};
 use sqlite_direct::DirectReaders;
@@ -70,6 +73,8 @@ pub struct PoolSettings {
     pub max_lifetime: Option<Duration>,
     /// On PostgreSQL, the longest a pooled connection sits idle; `None` for ever.
     pub idle_timeout: Option<Duration>,
+    /// On PostgreSQL, a streaming replica for read RPCs (`--database-read-url`).
+    pub replica: Option<ReplicaSettings>,
 }
 
 #[cfg(test)]
@@ -82,6 +87,7 @@ impl PoolSettings {
             sqlite_direct_reads: true,
             max_lifetime: None,
             idle_timeout: None,
+            replica: None,
         }
     }
 }
@@ -111,8 +117,9 @@ pub(crate) enum Backend {
         /// ListCourses' reads on a file (see `sqlite_direct`); none in memory.
         direct: Option<Arc<DirectReaders>>,
     },
-    /// Our own pool (see `pg_pool`): sqlx's pings every connection it takes back.
-    Postgres(Connections),
+    /// Our own pool (see `pg_pool`): sqlx's pings every connection it takes back. And the
+    /// replica that read RPCs may read from (`--database-read-url`, see `replica`).
+    Postgres(Connections, Option<Arc<Replica>>),
 }
 
 /// Runs the same read-only expression against a connection from whichever pool the store reads
@@ -126,8 +133,28 @@ macro_rules! with_reader {
             $crate::store::Backend::Sqlite { readers, .. } => {
                 $crate::store::with_connection!(readers, SQLITE_READERS, SQLITE_SYSTEM, $operation, $pool => $body)
             }
-            $crate::store::Backend::Postgres(pool) => {
+            $crate::store::Backend::Postgres(pool, None) => {
                 $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
+            }
+            $crate::store::Backend::Postgres(pool, Some(replica)) => {
+                match replica.choose().await {
+                    $crate::store::replica::Target::Replica => {
+                        let on_replica = $crate::store::with_connection!(replica.pool(), POSTGRES_REPLICA, POSTGRESQL_SYSTEM, $operation, $pool => $body);
+                        // A replica that fails on the way (down, restarting) is the primary's
+                        // to stand in for, without an error to the caller.
+                        let left = $crate::store::observe::Outcome::leaves_connection(&on_replica);
+                        match on_replica {
+                            Err(err) if left != $crate::store::Left::Clean => {
+                                replica.failed(&err);
+                                $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
+                            }
+                            done => done,
+                        }
+                    }
+                    $crate::store::replica::Target::Primary(_) => {
+                        $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
+                    }
+                }
             }
         }
     };
@@ -140,7 +167,7 @@ macro_rules! with_writer {
             $crate::store::Backend::Sqlite { writer, .. } => {
                 $crate::store::with_connection!(writer, SQLITE_WRITER, SQLITE_SYSTEM, $operation, $pool => $body)
             }
-            $crate::store::Backend::Postgres(pool) => {
+            $crate::store::Backend::Postgres(pool, _) => {
                 $crate::store::with_connection!(pool, POSTGRES, POSTGRESQL_SYSTEM, $operation, $pool => $body)
             }
         }
@@ -177,6 +204,10 @@ pub enum ConnectError {
     Missing(PathBuf),
     #[error("cannot open the database: {0}")]
     Open(#[from] sqlx::Error),
+    #[error(
+        "--database-read-url needs PostgreSQL: a SQLite database has no replicas (leave it unset)"
+    )]
+    ReadUrlOnSqlite,
     #[error("cannot open the database for reading: {0}")]
     Direct(#[source] rusqlite::Error),
 }
@@ -218,11 +249,24 @@ impl Store {
         opener: Opener,
     ) -> Result<Store, ConnectError> {
         if url.starts_with("sqlite:") {
+            if settings.replica.is_some() {
+                return Err(ConnectError::ReadUrlOnSqlite);
+            }
             Store::open_sqlite(url, settings, opener).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store(Backend::Postgres(
-                postgres::open(url, settings).await?,
-            )))
+            let primary = postgres::open(url, settings).await?;
+            let replica = match &settings.replica {
+                Some(replica) => {
+                    let pool = postgres::open_lazy(&replica.url, settings)?;
+                    Some(Arc::new(Replica::start(
+                        pool,
+                        primary.clone(),
+                        replica.clone(),
+                    )))
+                }
+                None => None,
+            };
+            Ok(Store(Backend::Postgres(primary, replica)))
         } else {
             Err(ConnectError::UnsupportedUrl(redact(url)))
         }
@@ -283,7 +327,7 @@ impl Store {
             Backend::Sqlite {
                 writer, location, ..
             } => sqlite::claim(location, writer).await,
-            Backend::Postgres(_) => Ok(ServingClaim::none()),
+            Backend::Postgres(..) => Ok(ServingClaim::none()),
         }
     }
 
@@ -291,7 +335,7 @@ impl Store {
     pub fn max_connections(&self) -> u32 {
         match &self.0 {
             Backend::Sqlite { readers, .. } => readers.options().get_max_connections(),
-            Backend::Postgres(pool) => pool.max_connections(),
+            Backend::Postgres(pool, _) => pool.max_connections(),
         }
     }
 
@@ -300,7 +344,7 @@ impl Store {
     pub fn head_poll_interval(&self) -> Duration {
         match &self.0 {
             Backend::Sqlite { .. } => Duration::from_millis(20),
-            Backend::Postgres(_) => Duration::from_millis(100),
+            Backend::Postgres(..) => Duration::from_millis(100),
         }
     }
 
@@ -327,7 +371,12 @@ impl Store {
                 readers.close().await;
                 writer.close().await;
             }
-            Backend::Postgres(pool) => pool.close().await,
+            Backend::Postgres(pool, replica) => {
+                if let Some(replica) = replica {
+                    replica.close().await;
+                }
+                pool.close().await
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::telemetry::{
 };
 
 pub(super) const POSTGRES: &str = "postgres";
+/// The replica's pool (`--database-read-url`).
+pub(super) const POSTGRES_REPLICA: &str = "postgres_replica";
 /// `db.system` of each backend, as the semantic conventions name them.
 pub(super) const POSTGRESQL_SYSTEM: &str = "postgresql";
 pub(super) const SQLITE_SYSTEM: &str = "sqlite";
@@ -168,7 +170,7 @@ pub(super) async fn acquire<P: Lend>(pool: &P, name: &'static str) -> Result<P::
     )
     .record(started.elapsed().as_secs_f64());
     if let (Some(failure), Some(start)) = (connection.failure(), span_start) {
-        let system = if name == POSTGRES {
+        let system = if name == POSTGRES || name == POSTGRES_REPLICA {
             POSTGRESQL_SYSTEM
         } else {
             SQLITE_SYSTEM
@@ -234,7 +236,7 @@ impl Store {
                     record_pool(writer, SQLITE_WRITER);
                 }
             }
-            Backend::Postgres(pool) => record_gauges(
+            Backend::Postgres(pool, _) => record_gauges(
                 POSTGRES,
                 pool.size(),
                 pool.num_idle(),

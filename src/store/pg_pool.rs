@@ -171,6 +171,15 @@ impl Connections {
         targets: Targets,
         settings: &PoolSettings,
     ) -> Result<Connections, sqlx::Error> {
+        let pool = Connections::lazy(targets, settings);
+        let mut first = pool.acquire().await?;
+        first.settle(Left::Clean);
+        drop(first);
+        Ok(pool)
+    }
+
+    /// A pool that opens its first connection when first asked for one.
+    pub(crate) fn lazy(targets: Targets, settings: &PoolSettings) -> Connections {
         let max = settings.max_connections;
         let pool = Connections {
             shared: Arc::new(Shared {
@@ -186,11 +195,8 @@ impl Connections {
                 reaper: Mutex::new(None),
             }),
         };
-        let mut first = pool.acquire().await?;
-        first.settle(Left::Clean);
-        drop(first);
         *pool.shared.lock_reaper() = start_reaper(&pool.shared);
-        Ok(pool)
+        pool
     }
 
     /// A connection, waiting at most the acquire timeout for one to be free or to open.

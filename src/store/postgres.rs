@@ -34,21 +34,40 @@ const KNOWN_PARAMETERS: &[&str] = &[
 ];
 
 pub(super) async fn open(url: &str, settings: &PoolSettings) -> Result<Connections, sqlx::Error> {
-    let targets = Targets::parse(&without_unknown_parameters(url))?.map(|options| {
-        let options = options.application_name("student-service");
-        // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
-        // every start) would be logged as INFO lines; warnings still come through. A
-        // `client_min_messages` in the URL's `options` wins.
-        if options
-            .get_options()
-            .is_none_or(|set| !set.contains("client_min_messages"))
-        {
-            options.options([("client_min_messages", "warning")])
-        } else {
-            options
-        }
-    });
-    Connections::open(targets, settings).await
+    Connections::open(targets(url)?, settings).await
+}
+
+/// A pool that connects when first asked (for a replica, which may be down at start).
+pub(super) fn open_lazy(url: &str, settings: &PoolSettings) -> Result<Connections, sqlx::Error> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(sqlx::Error::Configuration(
+            format!(
+                "{} is not a PostgreSQL URL (postgres://...)",
+                super::redact(url)
+            )
+            .into(),
+        ));
+    }
+    Ok(Connections::lazy(targets(url)?, settings))
+}
+
+fn targets(url: &str) -> Result<Targets, sqlx::Error> {
+    Ok(
+        Targets::parse(&without_unknown_parameters(url))?.map(|options| {
+            let options = options.application_name("student-service");
+            // PostgreSQL's NOTICEs (such as "relation _sqlx_migrations already exists, skipping" at
+            // every start) would be logged as INFO lines; warnings still come through. A
+            // `client_min_messages` in the URL's `options` wins.
+            if options
+                .get_options()
+                .is_none_or(|set| !set.contains("client_min_messages"))
+            {
+                options.options([("client_min_messages", "warning")])
+            } else {
+                options
+            }
+        }),
+    )
 }
 
 /// The URL without the query parameters neither sqlx nor [`Targets`] reads, each dropped with a

@@ -119,7 +119,7 @@ impl Probe {
     /// A connection of the probe's own; none for an in-memory SQLite database.
     async fn connect(&self) -> Result<Option<Own>, Failure> {
         match &self.store.0 {
-            Backend::Postgres(pool) => Ok(Some(Own::Postgres(pool.detached().await?))),
+            Backend::Postgres(pool, _) => Ok(Some(Own::Postgres(pool.detached().await?))),
             Backend::Sqlite {
                 location: Location::File(path),
                 ..

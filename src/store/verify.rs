@@ -73,7 +73,7 @@ impl Store {
     pub async fn verify(&self) -> Result<Vec<Violation>, sqlx::Error> {
         let backend_checks: &[(&str, &str)] = match &self.0 {
             Backend::Sqlite { .. } => SQLITE_CHECKS,
-            Backend::Postgres(_) => &[],
+            Backend::Postgres(..) => &[],
         };
         let mut violations = Vec::new();
         for &(check, sql) in backend_checks.iter().chain(CHECKS) {

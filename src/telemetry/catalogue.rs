@@ -94,6 +94,10 @@ pub const DB_POOL_CONNECTIONS_CLOSED: Metric = counter(
     "student_service_db_pool_connections_closed_total",
     "PostgreSQL connections the pool closed because they had lived their lifetime (reason lifetime) or sat idle their idle timeout (reason idle), or dropped because they failed or could not be settled (reason broken).",
 );
+pub const DB_READS: Metric = counter(
+    "student_service_db_reads_total",
+    "Read RPCs' store operations by where they ran (target replica or primary) and why (reason fresh; or replica_down, replica_lagging, token_not_replayed), with --database-read-url.",
+);
 /// The reasons of [`DB_POOL_CONNECTIONS_CLOSED`].
 pub const DB_POOL_CLOSE_REASONS: [&str; 3] = ["lifetime", "idle", "broken"];
 pub const HEALTH_STATUS: Metric = gauge(
@@ -133,7 +137,7 @@ pub const BUILD_INFO: Metric = gauge(
 );
 
 /// Every metric above.
-pub const ALL: [&Metric; 18] = [
+pub const ALL: [&Metric; 19] = [
     &GRPC_STARTED,
     &GRPC_HANDLED,
     &GRPC_MESSAGES_RECEIVED,
@@ -144,6 +148,7 @@ pub const ALL: [&Metric; 18] = [
     &DB_POOL_ACQUIRE_SECONDS,
     &DB_STATEMENT_SECONDS,
     &DB_POOL_CONNECTIONS_CLOSED,
+    &DB_READS,
     &HEALTH_STATUS,
     &ENROLLMENTS_CREATED,
     &ENROLLMENTS_REFUSED_FULL,

@@ -238,6 +238,7 @@ pub(crate) fn pool_settings() -> PoolSettings {
         sqlite_direct_reads: true,
         max_lifetime: Some(Duration::from_secs(30 * 60)),
         idle_timeout: Some(Duration::from_secs(10 * 60)),
+        replica: None,
     }
 }
 

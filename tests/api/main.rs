@@ -18,6 +18,7 @@ mod pagination;
 mod parity;
 mod pg_pool;
 mod postgres_failover;
+mod postgres_replicas;
 mod postgres_roles;
 mod postgres_standby;
 mod postgres_tls;
