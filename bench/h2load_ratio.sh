@@ -7,8 +7,10 @@
 # grpc-status 0 (the server's grpc_server_handled_total), but for the few calls h2load cancels
 # when its time is up (CANCELLED).
 #
-# usage: bench/h2load_ratio.sh [ROUNDS] [SECONDS] [DATABASE_URL]   (apt-get install nghttp2-client)
-#   DATABASE_URL: default a SQLite file in a temporary directory.
+# usage: [BINARY=...] bench/h2load_ratio.sh [ROUNDS] [SECONDS] [DATABASE_URL]   (apt-get install nghttp2-client)
+#   DATABASE_URL: default a SQLite file in a temporary directory. BINARY: the server to measure,
+#   default target/release/student-service (another build's, to compare two builds by their
+#   ratios, which the machine's load affects far less than their rates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -21,7 +23,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 port=$(free_port)
 metrics_port=$(free_port)
 DATABASE_URL="$url" LISTEN_ADDR="127.0.0.1:$port" METRICS_LISTEN="127.0.0.1:$metrics_port" RUST_LOG=warn \
-  target/release/student-service &
+  "${BINARY:-target/release/student-service}" &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
