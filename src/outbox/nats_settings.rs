@@ -6,11 +6,11 @@
 /// broker would refuse only at the first event, in a warning once a minute.
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
-    pub url: String,
+    pub(super) url: String,
     /// The JetStream stream, created (file storage) if missing.
-    pub stream: String,
+    pub(super) stream: String,
     /// Subjects are `<prefix>.created` and `<prefix>.deleted`.
-    pub subject_prefix: String,
+    pub(super) subject_prefix: String,
 }
 
 /// A NATS setting the client or the broker would refuse, named by its flag.
@@ -41,6 +41,19 @@ impl NatsSettings {
             stream,
             subject_prefix,
         })
+    }
+
+    /// The URL as given, credentials included: for connecting, never for a log line.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn subject_prefix(&self) -> &str {
+        &self.subject_prefix
     }
 
     /// The server the URL names, `scheme://host:port`, without the user, password or token it

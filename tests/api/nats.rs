@@ -42,11 +42,12 @@ fn unique(url: &str) -> NatsSettings {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let id = format!("{}_{started}_{n}", std::process::id());
-    NatsSettings {
-        url: url.to_owned(),
-        stream: format!("SCHOOL_TEST_{id}"),
-        subject_prefix: format!("school.test.{id}"),
-    }
+    NatsSettings::new(
+        url.to_owned(),
+        format!("SCHOOL_TEST_{id}"),
+        format!("school.test.{id}"),
+    )
+    .expect("valid NATS settings")
 }
 
 async fn jetstream(url: &str) -> jetstream::Context {
@@ -61,10 +62,10 @@ async fn stored(
     settings: &NatsSettings,
     count: u64,
 ) -> Vec<async_nats::jetstream::message::StreamMessage> {
-    let context = jetstream(&settings.url).await;
+    let context = jetstream(settings.url()).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut stream) = context.get_stream(&settings.stream).await {
+        if let Ok(mut stream) = context.get_stream(settings.stream()).await {
             let held = stream.info().await.expect("stream info").state.messages;
             if held >= count || Instant::now() > deadline {
                 let mut messages = Vec::new();
@@ -82,16 +83,16 @@ async fn stored(
         assert!(
             Instant::now() < deadline,
             "stream {} never appeared",
-            settings.stream
+            settings.stream()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn delete_stream(settings: &NatsSettings) {
-    let _ = jetstream(&settings.url)
+    let _ = jetstream(settings.url())
         .await
-        .delete_stream(&settings.stream)
+        .delete_stream(settings.stream())
         .await;
 }
 
@@ -141,9 +142,9 @@ async fn events_reach_jetstream_in_order_as_cloudevents(backend: Backend) {
 
     let messages = stored(&nats, 6).await;
     // The stream the relay created keeps messages as long as the outbox keeps events.
-    let mut stream = jetstream(&nats.url)
+    let mut stream = jetstream(nats.url())
         .await
-        .get_stream(&nats.stream)
+        .get_stream(nats.stream())
         .await
         .expect("the stream");
     let config = stream.info().await.expect("stream info").config.clone();
@@ -157,7 +158,7 @@ async fn events_reach_jetstream_in_order_as_cloudevents(backend: Backend) {
         assert_eq!(event.sequence, i as i64 + 1, "in sequence order");
         assert_eq!(
             message.subject.as_str(),
-            format!("{}.{kind}", nats.subject_prefix)
+            format!("{}.{kind}", nats.subject_prefix())
         );
         assert_eq!(header(message, "ce-specversion"), "1.0");
         assert_eq!(header(message, "ce-id"), event.id);
@@ -193,9 +194,9 @@ async fn a_crash_between_publish_and_mark_duplicates_nothing(backend: Backend) {
     let broker = PrivateNats::start().await;
     let nats = unique(&broker.url());
     let env = [
-        ("EVENTS_NATS_URL", nats.url.as_str()),
-        ("EVENTS_NATS_STREAM", nats.stream.as_str()),
-        ("EVENTS_NATS_SUBJECT_PREFIX", nats.subject_prefix.as_str()),
+        ("EVENTS_NATS_URL", nats.url()),
+        ("EVENTS_NATS_STREAM", nats.stream()),
+        ("EVENTS_NATS_SUBJECT_PREFIX", nats.subject_prefix()),
     ];
     let database = TestDatabase::create(&backend).await;
     let server = ServerProcess::start(&database.url, &env).await;
@@ -407,9 +408,9 @@ async fn a_broker_that_stops_answering_holds_the_relay_seconds_not_minutes() {
     let nats = unique(&broker.url());
     let metrics = free_address();
     let env = [
-        ("EVENTS_NATS_URL", nats.url.as_str()),
-        ("EVENTS_NATS_STREAM", nats.stream.as_str()),
-        ("EVENTS_NATS_SUBJECT_PREFIX", nats.subject_prefix.as_str()),
+        ("EVENTS_NATS_URL", nats.url()),
+        ("EVENTS_NATS_STREAM", nats.stream()),
+        ("EVENTS_NATS_SUBJECT_PREFIX", nats.subject_prefix()),
         ("METRICS_LISTEN", &metrics.to_string()),
     ];
     let database = TestDatabase::create(&Backend::Sqlite).await;
