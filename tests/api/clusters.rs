@@ -9,6 +9,7 @@
 //! user (`runuser`), in a directory it owns.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -93,6 +94,11 @@ impl Cluster {
     /// `postgres://USER@HOST:PORT/DATABASE`, with HOST as given (`127.0.0.1`, `localhost`).
     pub(crate) fn url(&self, user: &str, host: &str, database: &str) -> String {
         format!("postgres://{user}@{host}:{}/{database}", self.port)
+    }
+
+    /// Where it listens.
+    pub(crate) fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// The superuser's URL, over TCP without TLS.

@@ -514,19 +514,7 @@ async fn postgres_a_failure_is_logged_with_its_cause_which_the_client_never_sees
         .kill_on_drop(true)
         .spawn()
         .expect("start student-service");
-    let started = Instant::now();
-    let channel = loop {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
-        if let Ok(channel) = endpoint.connect().await {
-            break channel;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let channel = crate::process::connect_when_listening(address).await;
     let mut students = pb::student_service_client::StudentServiceClient::new(channel);
     let mut admin = sqlx::PgConnection::connect(&database.url)
         .await
@@ -594,7 +582,7 @@ async fn set_read_only(admin: &mut sqlx::PgConnection, on: bool) {
         .expect("terminate sessions");
 }
 
-async fn wait_for_health(
+pub(crate) async fn wait_for_health(
     health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
     wanted: ServingStatus,
 ) -> Duration {

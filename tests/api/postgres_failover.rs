@@ -6,7 +6,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -50,7 +49,7 @@ async fn a_failover_under_load_loses_nothing_acknowledged_and_answers_only_unava
     });
     let standby = Cluster::standby_of(&primary);
     wait_for_synchronous_standby(&primary.admin_url()).await;
-    let proxy = Proxy::start(address(&primary)).await;
+    let proxy = Proxy::start(primary.address()).await;
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/postgres",
         proxy.address.port()
@@ -129,7 +128,7 @@ async fn a_failover_under_load_loses_nothing_acknowledged_and_answers_only_unava
             .expect(statement);
     }
     promoted.close().await.expect("close");
-    proxy.switch_to(address(&standby)).await;
+    proxy.switch_to(standby.address()).await;
     let switched = crashed.elapsed();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -184,16 +183,9 @@ async fn a_failover_under_load_loses_nothing_acknowledged_and_answers_only_unava
         .expect("connect");
     assert_verify_passes(&store).await;
     store.close().await;
-    for replica in &replicas {
-        replica.terminate();
-    }
     for replica in replicas {
-        assert!(replica.wait(Duration::from_secs(15)).await.success());
+        replica.stop().await;
     }
-}
-
-fn address(cluster: &Cluster) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], cluster.port))
 }
 
 /// Waits until the primary has a synchronous standby (`pg_stat_replication.sync_state`).

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use crate::{
     clusters::{Cluster, Setup},
     helpers::pool_settings,
-    process::{ServerProcess, run_until_exit},
+    process::{ServerProcess, run_to_end, run_until_exit},
 };
 
 const GRANTS: &str = include_str!("../../deploy/postgres/runtime-role.sql");
@@ -34,21 +34,6 @@ async fn execute(url: &str, statements: &[&'static str]) {
             .unwrap_or_else(|err| panic!("{statement}: {err}"));
     }
     connection.close().await.expect("close");
-}
-
-/// `student-service ARGS` to its end: its exit code and stdout + stderr.
-async fn run_binary(args: &[&str]) -> (Option<i32>, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_student-service"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("it ends within 60 s")
-        .expect("run student-service");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,16 +83,15 @@ async fn a_role_that_may_only_read_and_write_rows_runs_the_server_with_migration
         "{stderr}"
     );
 
-    let (code, output) = run_binary(&["migrate", "--database-url", &owner]).await;
+    let (code, output) = run_to_end(&["migrate", "--database-url", &owner], &[]).await;
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains("applied 7"), "{output}");
 
     let server = ServerProcess::start(&app, CHECK).await;
     exercise_every_kind_of_write(&server).await;
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
+    server.stop().await;
 
-    let (code, output) = run_binary(&["verify", "--database-url", &app]).await;
+    let (code, output) = run_to_end(&["verify", "--database-url", &app], &[]).await;
     assert_eq!(code, Some(0), "{output}");
 
     // The runtime role cannot change the schema, and the server's migration table is not its

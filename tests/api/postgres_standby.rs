@@ -6,21 +6,17 @@
 //! wrong kind is skipped. On clusters of the test's own: a primary and a streaming standby
 //! (`pg_basebackup -R`).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use student_service::{api::pb, store::Store};
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
     clusters::{Cluster, Setup},
     helpers::{error_reason, pool_settings},
-    process::{ServerProcess, run_until_exit},
+    lifecycle::wait_for_health,
+    process::{ServerProcess, connect_when_listening, run_until_exit},
     proxy::Proxy,
 };
 
@@ -35,10 +31,6 @@ async fn primary_and_standby() -> (Cluster, Cluster) {
     let standby = Cluster::standby_of(&primary);
     crate::clusters::wait_until_answering(&standby.admin_url()).await;
     (primary, standby)
-}
-
-fn address(cluster: &Cluster) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], cluster.port))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +68,7 @@ async fn started_on_a_standby_the_server_says_so_in_one_line_and_exits() {
 )]
 async fn an_endpoint_moved_to_a_standby_is_unavailable_and_not_serving_until_it_moves_back() {
     let (primary, standby) = primary_and_standby().await;
-    let proxy = Proxy::start(address(&primary)).await;
+    let proxy = Proxy::start(primary.address()).await;
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/postgres",
         proxy.address.port()
@@ -94,7 +86,7 @@ async fn an_endpoint_moved_to_a_standby_is_unavailable_and_not_serving_until_it_
         .expect("a write on the primary")
         .into_inner();
 
-    proxy.switch_to(address(&standby)).await;
+    proxy.switch_to(standby.address()).await;
     let started = Instant::now();
     let mut refusals = 0;
     for n in 1..=20 {
@@ -133,7 +125,7 @@ async fn an_endpoint_moved_to_a_standby_is_unavailable_and_not_serving_until_it_
     // Back on the primary as a DNS change is: new connections reach it, those open stay on the
     // standby. Each of those is dropped at its first refusal, so after at most one refused
     // write per pooled connection (8 by default), every write reaches the primary.
-    proxy.redirect(address(&primary));
+    proxy.redirect(primary.address());
     wait_for_health(&mut health, ServingStatus::Serving).await;
     let mut refused = 0;
     let mut n = 21;
@@ -149,29 +141,7 @@ async fn an_endpoint_moved_to_a_standby_is_unavailable_and_not_serving_until_it_
             .await
             .expect("a write once the endpoint is back on the primary");
     }
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
-}
-
-async fn wait_for_health(
-    health: &mut HealthClient<tonic::transport::Channel>,
-    wanted: ServingStatus,
-) {
-    let started = Instant::now();
-    loop {
-        let status = health
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|response| response.into_inner().status);
-        if status.as_ref().is_ok_and(|status| *status == wanted as i32) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "health is {status:?}, not {wanted:?}, after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.stop().await;
 }
 
 /// `postgres://postgres@127.0.0.1:P1,127.0.0.1:P2,.../postgres?QUERY`
@@ -197,8 +167,7 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
     let server = ServerProcess::start(&url, &[]).await;
     let (mut students, _) = server.clients().await;
     crate::process::create_ada(&mut students).await;
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
+    server.stop().await;
 
     // The first host is a standby: `any` (libpq's default) takes it, and the start says so...
     let standby_first = [standby.port, primary.port];
@@ -219,8 +188,7 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
         })
         .await
         .expect("a write reaches the primary");
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
+    server.stop().await;
 
     // `prefer-standby` takes the standby while there is one (writes there are refused as
     // read-only, health is NOT_SERVING: the server runs with --migrations check, which writes
@@ -239,7 +207,7 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
         .kill_on_drop(true)
         .spawn()
         .expect("start student-service");
-    let channel = connect(address).await;
+    let channel = connect_when_listening(address).await;
     let mut students = pb::student_service_client::StudentServiceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     wait_for_health(&mut health, ServingStatus::NotServing).await;
@@ -268,22 +236,5 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
                 "{status:?}"
             ),
         }
-    }
-}
-
-/// A channel to a server that is starting (health may not be SERVING yet).
-async fn connect(address: SocketAddr) -> tonic::transport::Channel {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = endpoint.connect().await {
-            return channel;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -3,7 +3,7 @@
 //! refuses every connection without TLS. libpq's URL parameters (`sslmode`, `sslrootcert`,
 //! `sslcert`, `sslkey`) do what libpq does with them.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use rcgen::ExtendedKeyUsagePurpose;
 use sqlx::Connection;
@@ -112,8 +112,7 @@ async fn verify_full_with_the_right_ca_and_host_name_serves_over_tls_only() {
     let (connections, encrypted) = service_connections(&database.admin_url()).await;
     assert!(connections > 0, "the service holds connections");
     assert_eq!(encrypted, connections, "every one of them is TLS");
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,8 +157,7 @@ async fn a_wrong_ca_a_wrong_host_name_or_no_tls_is_refused_at_start_with_a_clear
         &format!("sslmode=verify-ca&sslrootcert={}", display(&database.ca)),
     );
     let server = ServerProcess::start(&verify_ca, &[]).await;
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
+    server.stop().await;
 
     let plaintext = database.url("postgres", "localhost", "postgres", "sslmode=disable");
     let (code, stderr) = crate::process::run_until_exit(&plaintext, &[]).await;
@@ -185,8 +183,7 @@ async fn require_and_prefer_encrypt_without_checking_the_certificate() {
         let (connections, encrypted) = service_connections(&database.admin_url()).await;
         assert!(connections > 0, "{mode}: the service holds connections");
         assert_eq!(encrypted, connections, "{mode}: every one of them is TLS");
-        server.terminate();
-        assert!(server.wait(Duration::from_secs(15)).await.success());
+        server.stop().await;
     }
 }
 
@@ -225,8 +222,7 @@ async fn a_client_certificate_authenticates_its_role_and_none_is_refused() {
     let server = ServerProcess::start(&url, &[]).await;
     let (mut students, _) = server.clients().await;
     crate::process::create_ada(&mut students).await;
-    server.terminate();
-    assert!(server.wait(Duration::from_secs(15)).await.success());
+    server.stop().await;
 
     let without_certificate = database.url(
         "certuser",

@@ -143,6 +143,13 @@ impl ServerProcess {
         assert!(sent.success(), "SIGTERM could not be sent");
     }
 
+    /// SIGTERM, and the clean exit that must follow within 15 s.
+    pub(crate) async fn stop(self) {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(15)).await;
+        assert!(status.success(), "student-service exited with {status}");
+    }
+
     pub(crate) async fn wait(mut self, limit: Duration) -> ExitStatus {
         tokio::time::timeout(limit, self.child.wait())
             .await
@@ -151,27 +158,54 @@ impl ServerProcess {
     }
 }
 
-/// The binary over `database_url` with `env`, for a start that must fail: its exit code and
-/// what it wrote to stderr, once it has exited (within 30 s).
-pub(crate) async fn run_until_exit(
-    database_url: &str,
-    env: &[(&str, &str)],
-) -> (Option<i32>, String) {
+/// `student-service ARGS` with `env`, to its end (within 60 s): its exit code and all it
+/// printed, stdout then stderr.
+pub(crate) async fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let run = Command::new(env!("CARGO_BIN_EXE_student-service"))
-        .env("DATABASE_URL", database_url)
-        .env("LISTEN_ADDR", free_address().to_string())
+        .args(args)
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), run)
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
         .await
-        .expect("the server gives up within 30 s")
+        .expect("student-service ends within 60 s")
         .expect("run student-service");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+/// The server over `database_url` with `env`, for a start that must fail: its exit code and
+/// what it printed, once it has exited.
+pub(crate) async fn run_until_exit(
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let listen = free_address().to_string();
+    let mut all = vec![
+        ("DATABASE_URL", database_url),
+        ("LISTEN_ADDR", listen.as_str()),
+    ];
+    all.extend_from_slice(env);
+    run_to_end(&[], &all).await
+}
+
+/// A channel to a server on `address` that may still be starting (health not yet SERVING),
+/// once it listens (within 30 s).
+pub(crate) async fn connect_when_listening(address: SocketAddr) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).expect("uri");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A local address no one listens on (the port was free a moment ago).
