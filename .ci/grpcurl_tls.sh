@@ -42,6 +42,9 @@ leaf client ca ec:<(openssl ecparam -name prime256v1) \
   'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
 leaf stranger other-ca ec:<(openssl ecparam -name prime256v1) \
   'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
+# The admin console of docs/security.md's policy, known by its SPIFFE ID (a URI SAN).
+leaf console ca ec:<(openssl ecparam -name prime256v1) \
+  'subjectAltName=URI:spiffe://school.example/ns/admin/sa/console\nextendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n'
 
 ci_token=$(openssl rand -hex 32)
 cat >tokens.txt <<EOF
@@ -145,6 +148,33 @@ check "--auth-reflection: a call needs its own token" fails 'missing credentials
   -reflect-header "authorization: Bearer $ci_token" -d '{}' "$address" school.v1.StudentService/ListStudents
 check "--auth-reflection: a described call" ok '"name": "Ada Lovelace"' "${mtls[@]}" "${bearer[@]}" \
   -d '{"student_id": 1}' "$address" school.v1.StudentService/GetStudent
+stop_server
+
+# docs/security.md's policy: `ci` reads, the console (its certificate, no token) may do anything.
+cat >policy.toml <<'POLICY'
+[[allow]]
+principals = ["ci"]
+methods = ["school.v1.StudentService/List*", "school.v1.*/Get*"]
+
+[[allow]]
+principals = ["spiffe://school.example/ns/admin/sa/console"]
+methods = ["school.v1.*/*"]
+POLICY
+console=(-cacert ca.pem -cert console.pem -key console.key)
+start_server --authz-policy policy.toml
+check "--authz-policy: a read the policy allows" ok '"name": "Ada Lovelace"' "${mtls[@]}" "${bearer[@]}" \
+  -d '{"student_id": 1}' "$address" school.v1.StudentService/GetStudent
+check "--authz-policy: a write it does not is PERMISSION_DENIED" fails 'Code: PermissionDenied' \
+  "${mtls[@]}" "${bearer[@]}" -d '{"student_id": 1}' "$address" school.v1.StudentService/DeleteStudent
+check "--authz-policy: ErrorInfo names principal and method" fails \
+  '"metadata":{"method":"school.v1.StudentService/DeleteStudent","principal":"ci"}' \
+  "${mtls[@]}" "${bearer[@]}" -d '{"student_id": 1}' "$address" school.v1.StudentService/DeleteStudent
+check "--authz-policy: the console's SPIFFE ID may write, without a token" ok '"email": "grace@example.com"' \
+  "${console[@]}" -d '{"name": "Grace Hopper", "email": "grace@example.com"}' "$address" \
+  school.v1.StudentService/CreateStudent
+check "--authz-policy: a certificate no rule names is denied" fails '"principal":"client"' "${mtls[@]}" \
+  -d '{}' "$address" school.v1.StudentService/ListStudents
+check_log "--authz-policy: the log names the console" yes 'caller="spiffe://school.example/ns/admin/sa/console"'
 stop_server
 
 echo "grpcurl-tls: $passed passed, $failed failed"

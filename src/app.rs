@@ -150,6 +150,7 @@ pub async fn start(settings: AppSettings) -> Result<Running, AppError> {
         Some(address) => {
             let server = &settings.server;
             let serving = serve_metrics(address, &store, server.handshake_timeout).await?;
+            server.security.register_metrics();
             let address = serving.0;
             tasks.spawn(metrics_stop.clone().run_until_cancelled_owned(serving.1));
             Some(address)
@@ -318,13 +319,14 @@ async fn serve_metrics(
 
 fn log_listening(address: SocketAddr, settings: &AppSettings) {
     let security = &settings.server.security;
-    let tokens = security.tokens.as_ref().map(|tokens| tokens.len());
+    let tokens = security.tokens();
     tracing::info!(
         %address,
         database = store::redact(&settings.database_url),
         transport = security.transport(),
         tokens,
         auth_reflection = security.auth_reflection,
+        authz_policy = security.authorizes(),
         "listening"
     );
     if tokens.is_some() && security.tls.is_none() {

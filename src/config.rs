@@ -207,6 +207,13 @@ pub struct SecurityArgs {
     // AUTH_REFLECTION=false.
     #[arg(long, env = "AUTH_REFLECTION", value_parser = clap::builder::BoolishValueParser::new(), hide_env_values = true)]
     pub auth_reflection: bool,
+
+    /// TOML file of allow rules: which callers (token NAMEs, client certificate identities) may
+    /// call which school.v1 methods; anything else is PERMISSION_DENIED. Needs
+    /// --auth-tokens-file or --tls-client-ca. Off by default: every authenticated call may call
+    /// every method (docs/security.md).
+    #[arg(long, env = "AUTHZ_POLICY", hide_env_values = true)]
+    pub authz_policy: Option<PathBuf>,
 }
 
 /// A setting that is on or off.

@@ -124,6 +124,14 @@ pub enum Error {
     #[error("{0}")]
     Unauthenticated(AuthFailure),
 
+    /// The caller is known, and the authorization policy does not let it call this method.
+    #[error("{principal:?} may not call {method}: the authorization policy does not allow it")]
+    PermissionDenied {
+        principal: std::sync::Arc<str>,
+        /// `package.Service/Method`.
+        method: &'static str,
+    },
+
     /// Anything else. The source is logged, never shown to the client.
     #[error("internal error")]
     Internal(#[source] Cause),

@@ -36,7 +36,9 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use crate::security::{ClientIdentity, Current};
 
 /// The HTTP/2 client preface (24 bytes) and the header of the SETTINGS frame that must follow.
 const FIRST_BYTES: usize = 24 + 9;
@@ -97,17 +99,17 @@ fn is_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
-/// The gRPC port's connections, through TLS when `tls` is set, each with `timeout` to finish TLS
-/// and send its first bytes, for `serve_with_incoming`. The listener closes when the stream is dropped (the
-/// server stops accepting at shutdown).
+/// The gRPC port's connections, through TLS when `tls` is set (each with the settings current
+/// when it arrives), each with `timeout` to finish TLS and send its first bytes, for
+/// `serve_with_incoming`. The listener closes when the stream is dropped (the server stops
+/// accepting at shutdown).
 pub fn grpc_incoming(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<Current<rustls::ServerConfig>>>,
     timeout: Duration,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (ready, incoming) = mpsc::channel(READY_QUEUE);
     let mut acceptor = Acceptor::new(listener, "grpc");
-    let tls = tls.map(TlsAcceptor::from);
     let failed_handshakes = Arc::new(Mutex::new(RateLimit::default()));
     tokio::spawn(async move {
         loop {
@@ -116,12 +118,12 @@ pub fn grpc_incoming(
                 () = ready.closed() => return,
             };
             configure(&stream);
-            let info = TcpConnectInfo {
-                local_addr: stream.local_addr().ok(),
-                remote_addr: Some(peer),
+            let info = PeerInfo {
+                remote_addr: peer,
+                identity: None,
             };
             let deadline = tokio::time::Instant::now() + timeout;
-            let Some(tls) = tls.clone() else {
+            let Some(tls) = tls.as_ref().map(|tls| TlsAcceptor::from(tls.get())) else {
                 let connection = Connection::new(Stream::Plain(stream), info, deadline);
                 if ready.send(Ok(connection)).await.is_err() {
                     return;
@@ -133,6 +135,10 @@ pub fn grpc_incoming(
                 let handshake = tokio::time::timeout_at(deadline, tls.accept(stream)).await;
                 let failure = match handshake {
                     Ok(Ok(stream)) => {
+                        let info = PeerInfo {
+                            identity: client_identity(&stream),
+                            ..info
+                        };
                         let stream = Stream::Tls(Box::new(stream));
                         let _ = ready
                             .send(Ok(Connection::new(stream, info, deadline)))
@@ -170,16 +176,30 @@ fn configure(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
+/// The identity a client certificate gives, when the client presented one.
+fn client_identity(stream: &TlsStream<TcpStream>) -> Option<Arc<ClientIdentity>> {
+    let certificate = stream.get_ref().1.peer_certificates()?.first()?;
+    ClientIdentity::of_certificate(certificate).map(Arc::new)
+}
+
+/// What every request of a connection knows about its peer (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote_addr: SocketAddr,
+    /// Who the client certificate names, with mutual TLS.
+    pub identity: Option<Arc<ClientIdentity>>,
+}
+
 /// One accepted gRPC connection, plaintext or TLS.
 #[derive(Debug)]
 pub struct Connection {
     stream: FirstBytes<Stream>,
-    info: TcpConnectInfo,
+    info: PeerInfo,
 }
 
 impl Connection {
     /// `deadline`: for the first bytes.
-    fn new(stream: Stream, info: TcpConnectInfo, deadline: tokio::time::Instant) -> Self {
+    fn new(stream: Stream, info: PeerInfo, deadline: tokio::time::Instant) -> Self {
         Connection {
             stream: FirstBytes::new(stream, deadline),
             info,
@@ -188,9 +208,9 @@ impl Connection {
 }
 
 impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }

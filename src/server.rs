@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tonic::transport::Server;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::{
     api::{
         CourseApi, EventApi, StudentApi,
+        access::AccessLayer,
         consistency::ConsistencyLayer,
         end_streams::EndOnShutdown,
         limits::CallLimitsLayer,
@@ -21,7 +22,7 @@ use crate::{
     },
     listen::grpc_incoming,
     outbox::NatsSettings,
-    security::{RequireToken, Security},
+    security::Security,
     store::Store,
 };
 
@@ -107,15 +108,7 @@ pub(crate) async fn serve<H: Health>(
             // google.rpc.ErrorInfo and BadRequest, so reflection clients can decode error details.
             .register_file_descriptor_set(error_detail_descriptors())
     };
-    // Our services require a token when there are tokens; reflection only if asked to (it lets
-    // grpcurl discover the API); health never (load balancers and Kubernetes probe it bare).
     let security = &settings.security;
-    let authenticate = RequireToken::new(security.tokens.clone());
-    let authenticate_reflection = if security.auth_reflection {
-        authenticate.clone()
-    } else {
-        RequireToken::default()
-    };
     Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -132,37 +125,25 @@ pub(crate) async fn serve<H: Health>(
                 .has_replica()
                 .then(|| ConsistencyLayer::new(store.clone())),
         ))
-        .add_service(InterceptedService::new(
+        // Tokens, certificates and the policy: health always open, reflection only with
+        // --auth-reflection (it lets grpcurl discover the API).
+        .layer(AccessLayer::new(security.clone()))
+        .add_service(
             StudentServiceServer::new(StudentApi::new(store.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            authenticate.clone(),
-        ))
-        .add_service(InterceptedService::new(
+        )
+        .add_service(
             CourseServiceServer::new(CourseApi::new(store.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            authenticate.clone(),
-        ))
+        )
         .add_service(EndOnShutdown::new(
-            InterceptedService::new(
-                EnrollmentEventServiceServer::new(EventApi::new(
-                    store,
-                    head,
-                    settings.watch_heartbeat,
-                ))
+            EnrollmentEventServiceServer::new(EventApi::new(store, head, settings.watch_heartbeat))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                authenticate,
-            ),
             end_streams.clone(),
         ))
         .add_service(EndOnShutdown::new(health, end_streams))
-        .add_service(InterceptedService::new(
-            reflection().build_v1()?,
-            authenticate_reflection.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            reflection().build_v1alpha()?,
-            authenticate_reflection,
-        ))
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .serve_with_incoming_shutdown(
             grpc_incoming(listener, security.tls.clone(), settings.handshake_timeout),
             stop_accepting,

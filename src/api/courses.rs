@@ -27,6 +27,7 @@ impl CourseService for CourseApi {
         &self,
         request: Request<pb::CreateCourseRequest>,
     ) -> Result<Response<pb::Course>, Status> {
+        super::audit::note_ids(&request);
         let request = request.into_inner();
         let course = NewCourse::parse(&request.code, &request.title, request.capacity)?;
         let created = self
@@ -48,6 +49,7 @@ impl CourseService for CourseApi {
         &self,
         request: Request<pb::UpdateCourseRequest>,
     ) -> Result<Response<pb::Course>, Status> {
+        super::audit::note_ids(&request);
         let request = request.into_inner();
         let course = request.course.unwrap_or_default();
         let sent = CourseFields {
@@ -82,6 +84,7 @@ impl CourseService for CourseApi {
         &self,
         request: Request<pb::DeleteCourseRequest>,
     ) -> Result<Response<()>, Status> {
+        super::audit::note_ids(&request);
         let request = request.get_ref();
         let delete = Delete::parse("course_id", request.course_id, &request.etag)?;
         self.store.delete_course(delete).await?;

@@ -1,5 +1,7 @@
 //! The gRPC adapters: proto request -> domain -> store -> proto response, nothing else.
 
+pub mod access;
+mod audit;
 pub mod consistency;
 mod convert;
 mod courses;

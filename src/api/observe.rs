@@ -41,6 +41,7 @@ use tracing::{
 
 use super::{
     BoxFuture,
+    audit::PendingAudit,
     rpc::{Messages, Rpc},
 };
 use crate::{
@@ -78,9 +79,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let rpc = Rpc::of_path(request.uri().path());
         rpc.started();
+        let audit = PendingAudit::of(rpc.service, rpc.method, &mut request);
         let (span, trace) = rpc_span(rpc, &request);
         let started = Instant::now();
         // Counting messages means boxing the request body once more: only when metrics are on.
@@ -102,6 +104,7 @@ where
             rpc,
             span: span.clone(),
             trace,
+            audit,
             started,
             finished: false,
         };
@@ -118,6 +121,9 @@ where
                 if let Some(code) = grpc_status(&parts.headers) {
                     if let Some(status) = parts.extensions.get::<Status>() {
                         log_failure(status);
+                        if let Some(audit) = &mut call.audit {
+                            audit.failed_with(status);
+                        }
                     }
                     call.finish(code);
                 }
@@ -133,8 +139,8 @@ where
     }
 }
 
-/// The call's log span (`caller` is filled in by token authentication, security::RequireToken,
-/// when it is on) and, when traces are exported, its trace span.
+/// The call's log span (`caller` is filled in by `access` when
+/// callers authenticate) and, when traces are exported, its trace span.
 fn rpc_span<B>(rpc: Rpc, request: &http::Request<B>) -> (Span, Option<traces::ServerSpan>) {
     let span = tracing::info_span!(
         "rpc",
@@ -210,6 +216,8 @@ struct Call {
     rpc: Rpc,
     span: Span,
     trace: Option<traces::ServerSpan>,
+    /// For school.v1 calls: written at the end if the call is audited.
+    audit: Option<PendingAudit>,
     started: Instant,
     finished: bool,
 }
@@ -228,6 +236,9 @@ impl Call {
         }
         self.span
             .in_scope(|| tracing::info!(?code, latency_us, "finished"));
+        if let Some(audit) = self.audit.take() {
+            audit.finish(code);
+        }
     }
 }
 

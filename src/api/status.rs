@@ -60,6 +60,16 @@ impl From<Error> for Status {
     }
 }
 
+/// The error of ours a status was made from, if it was.
+pub(super) fn error_of(status: &Status) -> Option<&Error> {
+    std::error::Error::source(status).and_then(|source| source.downcast_ref::<Error>())
+}
+
+/// The ErrorInfo reason an error is sent with.
+pub(super) fn reason(err: &Error) -> &'static str {
+    classify(err).1
+}
+
 /// `text` cut to at most `max` bytes, at a character boundary, marked with an ellipsis.
 fn truncated(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -155,6 +165,14 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
             meta(&[("oldest_sequence", oldest.to_string())]),
         ),
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", HashMap::new()),
+        Error::PermissionDenied { principal, method } => (
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            meta(&[
+                ("principal", principal.to_string()),
+                ("method", (*method).to_owned()),
+            ]),
+        ),
         Error::Conflict(_) => (Code::Aborted, "CONCURRENT_CHANGE", HashMap::new()),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new()),
         Error::ReadOnly(_) => (Code::Unavailable, "DATABASE_READ_ONLY", HashMap::new()),

@@ -27,6 +27,7 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::CreateStudentRequest>,
     ) -> Result<Response<pb::Student>, Status> {
+        super::audit::note_ids(&request);
         let request = request.into_inner();
         let student = NewStudent::parse(&request.name, &request.email)?;
         let created = self
@@ -48,6 +49,7 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::UpdateStudentRequest>,
     ) -> Result<Response<pb::Student>, Status> {
+        super::audit::note_ids(&request);
         let request = request.into_inner();
         let student = request.student.unwrap_or_default();
         let sent = StudentFields {
@@ -80,6 +82,7 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::DeleteStudentRequest>,
     ) -> Result<Response<()>, Status> {
+        super::audit::note_ids(&request);
         let request = request.get_ref();
         let delete = Delete::parse("student_id", request.student_id, &request.etag)?;
         self.store.delete_student(delete).await?;
@@ -90,6 +93,7 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::AssignCourseRequest>,
     ) -> Result<Response<pb::AssignCourseResponse>, Status> {
+        super::audit::note_ids(&request);
         let request = request.get_ref();
         let pair = domain::parse_student_course(request.student_id, request.course_id)?;
         let (enrollment, created) = self.store.assign(pair, domain::now_micros()).await?;
@@ -103,6 +107,7 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::BatchAssignCoursesRequest>,
     ) -> Result<Response<pb::BatchAssignCoursesResponse>, Status> {
+        super::audit::note_ids(&request);
         let request = request.get_ref();
         let batch = BatchAssign::parse(request.student_id, &request.course_ids)?;
         let enrolled = self
@@ -132,6 +137,7 @@ impl StudentService for StudentApi {
         &self,
         request: Request<pb::UnassignCourseRequest>,
     ) -> Result<Response<()>, Status> {
+        super::audit::note_ids(&request);
         let request = request.get_ref();
         let pair = domain::parse_student_course(request.student_id, request.course_id)?;
         self.store.unassign(pair).await?;

@@ -11,12 +11,11 @@ use std::{
     sync::Arc,
 };
 
+use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
-use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
-use tracing::Span;
 
-use crate::error::{AuthFailure, Error};
+use crate::error::AuthFailure;
 
 /// Shorter tokens are refused at start: a static shared secret must not be guessable.
 pub const MIN_TOKEN_LENGTH: usize = 16;
@@ -37,7 +36,15 @@ struct Entry {
 pub struct Caller(Arc<str>);
 
 impl Caller {
+    pub fn new(name: Arc<str>) -> Caller {
+        Caller(name)
+    }
+
     pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    pub fn shared_name(&self) -> &Arc<str> {
         &self.0
     }
 }
@@ -134,6 +141,14 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
+    /// The NAMEs of the tokens.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .map(|entry| entry.name.as_ref())
+            .collect()
+    }
+
     /// How many tokens are accepted.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -144,8 +159,8 @@ impl Tokens {
     }
 
     /// The caller whose token the call's `authorization: Bearer <token>` metadata carries.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthFailure> {
-        let mut values = metadata.get_all("authorization").iter();
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthFailure::Missing)?;
         if values.next().is_some() {
             return Err(AuthFailure::Malformed);
@@ -194,33 +209,6 @@ impl fmt::Debug for Tokens {
     }
 }
 
-/// Lets through only calls that carry a known token, when there are tokens; with none, every
-/// call. The caller's name goes into the per-RPC log span and the request's extensions.
-#[derive(Debug, Clone, Default)]
-pub struct RequireToken {
-    tokens: Option<Arc<Tokens>>,
-}
-
-impl RequireToken {
-    pub fn new(tokens: Option<Arc<Tokens>>) -> RequireToken {
-        RequireToken { tokens }
-    }
-}
-
-impl Interceptor for RequireToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(tokens) = &self.tokens else {
-            return Ok(request);
-        };
-        let caller = tokens
-            .authenticate(request.metadata())
-            .map_err(|failure| Status::from(Error::Unauthenticated(failure)))?;
-        Span::current().record("caller", caller.name());
-        request.extensions_mut().insert(caller);
-        Ok(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,8 +220,8 @@ mod tests {
         Tokens::parse(&format!("# callers\n\nada {ADA}\n  ci\t{CI}  \n")).expect("valid")
     }
 
-    fn metadata(value: &str) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
+    fn metadata(value: &str) -> HeaderMap {
+        let mut metadata = HeaderMap::new();
         metadata.insert("authorization", value.parse().expect("ascii"));
         metadata
     }
@@ -255,7 +243,7 @@ mod tests {
     fn missing_malformed_and_unknown_tokens_are_told_apart() {
         let tokens = tokens();
         assert_eq!(
-            tokens.authenticate(&MetadataMap::new()),
+            tokens.authenticate(&HeaderMap::new()),
             Err(AuthFailure::Missing)
         );
         for malformed in [

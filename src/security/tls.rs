@@ -198,3 +198,59 @@ fn client_verifier(
             source: Some(source),
         })
 }
+
+/// Who a client certificate names, in the order principals are taken from it: its URI SANs
+/// (SPIFFE IDs such as `spiffe://school.example/ns/registrar/sa/frontend`) if it has any, else its
+/// DNS SANs, else its subject common name. Read once per connection, at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    names: Vec<Arc<str>>,
+}
+
+impl ClientIdentity {
+    /// The identity of a DER certificate; `None` when it names nothing (or does not parse,
+    /// which rustls would have refused first).
+    pub fn of_certificate(der: &[u8]) -> Option<ClientIdentity> {
+        use x509_parser::{
+            extensions::GeneralName,
+            prelude::{FromDer, X509Certificate},
+        };
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let sans: Vec<GeneralName<'_>> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| san.value.general_names.clone())
+            .unwrap_or_default();
+        let of_kind = |uri: bool| -> Vec<Arc<str>> {
+            sans.iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(name) if uri => Some((*name).into()),
+                    GeneralName::DNSName(name) if !uri => Some((*name).into()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut names = of_kind(true);
+        if names.is_empty() {
+            names = of_kind(false);
+        }
+        if names.is_empty() {
+            let common_name = cert.subject().iter_common_name().next();
+            names.extend(common_name.and_then(|cn| cn.as_str().ok()).map(Arc::from));
+        }
+        (!names.is_empty()).then_some(ClientIdentity { names })
+    }
+
+    /// Every name, the first being the one logs show when no policy picks another.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+}
+
+/// A certificate's not-after time, as a Unix timestamp.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}

@@ -131,13 +131,17 @@ pub const SQLITE_GROUP_COMMIT_BATCH_SIZE: Metric = histogram(
     None,
     "Enrollments committed together in one SQLite transaction.",
 );
+pub const AUTHZ_DENIED: Metric = counter(
+    "student_service_authz_denied_total",
+    "Calls the authorization policy (--authz-policy) denied, by principal (those the policy names; any other as other).",
+);
 pub const BUILD_INFO: Metric = gauge(
     "student_service_build_info",
     "Always 1; the labels name the running build (commit empty when not built from git).",
 );
 
 /// Every metric above.
-pub const ALL: [&Metric; 19] = [
+pub const ALL: [&Metric; 20] = [
     &GRPC_STARTED,
     &GRPC_HANDLED,
     &GRPC_MESSAGES_RECEIVED,
@@ -156,6 +160,7 @@ pub const ALL: [&Metric; 19] = [
     &SQLITE_DIRECT_FALLBACKS,
     &TRACE_SPANS_DROPPED,
     &SQLITE_GROUP_COMMIT_BATCH_SIZE,
+    &AUTHZ_DENIED,
     &BUILD_INFO,
 ];
 

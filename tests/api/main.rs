@@ -6,6 +6,7 @@ mod pki;
 mod process;
 mod proxy;
 
+mod authorization;
 mod batches;
 mod courses;
 mod enrollments;

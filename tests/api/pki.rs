@@ -38,10 +38,27 @@ impl Ca {
 
     pub(crate) fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> Pair {
         let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("subject names");
+        let params = CertificateParams::new(names.clone()).expect("subject names");
+        self.sign(params, &names[0], purpose)
+    }
+
+    /// A client certificate whose only subject alternative name is the URI `uri` (a SPIFFE ID).
+    pub(crate) fn issue_uri(&self, uri: &str, common_name: &str) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
+        let uri = rcgen::string::Ia5String::try_from(uri).expect("an IA5 URI");
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        self.sign(params, common_name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        common_name: &str,
+        purpose: ExtendedKeyUsagePurpose,
+    ) -> Pair {
         params
             .distinguished_name
-            .push(DnType::CommonName, &names[0]);
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages.push(purpose);
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("key");

@@ -35,24 +35,26 @@ use crate::{
     pki::{Ca, Pair},
 };
 
-const ADA_TOKEN: &str = "ada-token-5f3a9c2e8b71d4";
-const CI_TOKEN: &str = "ci-token-0d6e2b94f1a7c3";
+pub(crate) const ADA_TOKEN: &str = "ada-token-5f3a9c2e8b71d4";
+pub(crate) const CI_TOKEN: &str = "ci-token-0d6e2b94f1a7c3";
 /// A call gets this long before the test counts it as hung.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a test needs, written to a temporary directory the way an operator would have it.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: String,
-    server: Pair,
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ca: String,
+    /// Signs client certificates; the server trusts it for clients.
+    pub(crate) authority: Ca,
+    pub(crate) server: Pair,
     /// Signed by the CA the server trusts for clients.
-    client: Pair,
+    pub(crate) client: Pair,
     /// Signed by a CA the server has never heard of.
     stranger: Pair,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let ca = Ca::new("student-service test CA");
         let other = Ca::new("some other CA");
         Pki {
@@ -63,43 +65,45 @@ impl Pki {
             ),
             client: ca.issue(&["ada-client"], ExtendedKeyUsagePurpose::ClientAuth),
             stranger: other.issue(&["mallory-client"], ExtendedKeyUsagePurpose::ClientAuth),
-            ca: ca.pem,
+            ca: ca.pem.clone(),
+            authority: ca,
         }
     }
 
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write a test file");
         path
     }
 
-    fn tokens_file(&self) -> PathBuf {
+    pub(crate) fn tokens_file(&self) -> PathBuf {
         self.write(
             "tokens.txt",
             &format!("# name token\nada {ADA_TOKEN}\n\nci {CI_TOKEN}\n"),
         )
     }
 
-    fn args(&self, tls: bool, mutual: bool, tokens: bool) -> SecurityArgs {
+    pub(crate) fn args(&self, tls: bool, mutual: bool, tokens: bool) -> SecurityArgs {
         SecurityArgs {
             tls_cert: tls.then(|| self.write("server.pem", &self.server.cert)),
             tls_key: tls.then(|| self.write("server.key", &self.server.key)),
             tls_client_ca: mutual.then(|| self.write("ca.pem", &self.ca)),
             auth_tokens_file: tokens.then(|| self.tokens_file()),
             auth_reflection: false,
+            authz_policy: None,
         }
     }
 }
 
 /// The real server with `security`, on 127.0.0.1:0 over a fresh SQLite database.
-struct SecureServer {
-    address: SocketAddr,
+pub(crate) struct SecureServer {
+    pub(crate) address: SocketAddr,
     running: Running,
     _database: TestDatabase,
 }
 
 impl SecureServer {
-    async fn start(args: &SecurityArgs) -> SecureServer {
+    pub(crate) async fn start(args: &SecurityArgs) -> SecureServer {
         let security = Security::load(args).expect("the security settings load");
         let database = TestDatabase::create(&Backend::Sqlite).await;
         let settings = ServerSettings {
@@ -114,14 +118,14 @@ impl SecureServer {
         }
     }
 
-    fn plaintext(&self) -> Channel {
+    pub(crate) fn plaintext(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.address))
             .expect("uri")
             .connect_lazy()
     }
 
     /// A TLS channel to `host:port` trusting `ca`, presenting `identity` if given.
-    fn tls(&self, host: &str, ca: &str, identity: Option<&Pair>) -> Channel {
+    pub(crate) fn tls(&self, host: &str, ca: &str, identity: Option<&Pair>) -> Channel {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
         if let Some(pair) = identity {
             tls = tls.identity(Identity::from_pem(&pair.cert, &pair.key));
@@ -140,12 +144,12 @@ impl SecureServer {
             .connect_lazy()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         stop_app(self.running).await;
     }
 }
 
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(token) = token {
         request.metadata_mut().insert(
@@ -156,7 +160,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
-async fn in_time<T>(call: impl Future<Output = T>) -> T {
+pub(crate) async fn in_time<T>(call: impl Future<Output = T>) -> T {
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .expect("the call neither succeeded nor failed in time")
@@ -186,7 +190,7 @@ async fn search_courses(
     .map(tonic::Response::into_inner)
 }
 
-async fn health(channel: &Channel) -> Result<i32, Status> {
+pub(crate) async fn health(channel: &Channel) -> Result<i32, Status> {
     in_time(
         HealthClient::new(channel.clone()).check(HealthCheckRequest {
             service: String::new(),
@@ -202,7 +206,10 @@ async fn assert_serving(channel: &Channel) {
 }
 
 /// The services reflection v1 lists.
-async fn reflection_v1(channel: &Channel, token: Option<&str>) -> Result<Vec<String>, Status> {
+pub(crate) async fn reflection_v1(
+    channel: &Channel,
+    token: Option<&str>,
+) -> Result<Vec<String>, Status> {
     let request = v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
@@ -443,7 +450,7 @@ async fn all_three_together_need_the_ca_a_client_certificate_and_a_token() {
     server.stop().await;
 }
 
-fn load_error(args: &SecurityArgs) -> String {
+pub(crate) fn load_error(args: &SecurityArgs) -> String {
     match Security::load(args) {
         Ok(_) => panic!("{args:?} should not load"),
         Err(err) => chain(&err),
@@ -567,7 +574,7 @@ fn a_bad_tokens_file_fails_with_its_name_and_line() {
     assert!(!error.contains(CI_TOKEN));
 }
 
-fn run_binary(args: &[&str]) -> (Option<i32>, String) {
+pub(crate) fn run_binary(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_student-service"))
         .args(args)
         .env_remove("DATABASE_URL")
