@@ -174,6 +174,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_REPLICA_LAG", default_value = "1s", value_parser = parse_duration, hide_env_values = true)]
     pub max_replica_lag: Duration,
 
+    /// Also append the audit records (one JSON object per line, for every call that changes data
+    /// and every refused call) to this file, reopened on SIGHUP for log rotation. Off by
+    /// default: the records go only to the log, on the `audit` target.
+    #[arg(long, env = "AUDIT_LOG", hide_env_values = true)]
+    pub audit_log: Option<PathBuf>,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 }

@@ -5,7 +5,7 @@ use student_service::{
     app::{self, AppSettings},
     config::{Cli, Command, ServeArgs},
     outbox::{InvalidNatsSetting, NatsSettings},
-    security::Security,
+    security::{Security, audit},
     server::ServerSettings,
     store::{self, Store},
     telemetry,
@@ -39,6 +39,12 @@ async fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
     // Certificates, tokens and the NATS settings first: a bad one fails the start before the
     // database is touched.
     let security = Security::load(&cli.serve.security)?;
+    if let Some(path) = &cli.serve.audit_log {
+        audit::open_file(path).map_err(|source| AuditLogError {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let nats = nats_settings(&cli.serve)?;
     raise_open_files_limit();
     let settings = AppSettings {
@@ -66,6 +72,7 @@ async fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
         shutdown_signal().await;
         stop.cancel();
     });
+    tokio::spawn(reopen_on_hangup());
     running.join().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -126,6 +133,34 @@ fn raise_open_files_limit() {
         }
         Ok((limit, _)) => tracing::info!(limit, "open files limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the audit log (--audit-log, AUDIT_LOG) {}", path.display())]
+struct AuditLogError {
+    path: std::path::PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// SIGHUP: the audit log is opened again under its name (logrotate moved the old file away).
+async fn reopen_on_hangup() {
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let mut hangup = match hangup {
+        Ok(signal) => signal,
+        Err(err) => {
+            tracing::warn!("cannot listen for SIGHUP ({err}); the audit log is never reopened");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match audit::reopen() {
+            Ok(()) => tracing::info!("SIGHUP: audit log reopened"),
+            Err(err) => {
+                tracing::error!(error = %err, "SIGHUP: cannot reopen the audit log; still writing to the old one")
+            }
+        }
     }
 }
 

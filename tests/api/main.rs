@@ -6,6 +6,7 @@ mod pki;
 mod process;
 mod proxy;
 
+mod audit;
 mod authorization;
 mod batches;
 mod courses;
