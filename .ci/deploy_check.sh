@@ -139,11 +139,84 @@ if errors:
 print(f"ok: {', '.join(sorted(files))}")
 PY
 
+echo "--- $dir/cert-manager: the overlay merged onto the Deployment, validated, and its promises"
+merged="$tools/cert-manager-deployment.yaml"
+"$bin/python" - "$dir" "$merged" <<'PY'
+import copy, pathlib, sys
+import yaml
+
+root, out = pathlib.Path(sys.argv[1]), sys.argv[2]
+overlay = root / "cert-manager"
+errors = []
+load = lambda path: [d for d in yaml.safe_load_all(path.read_text()) if d]
+kustomization = load(overlay / "kustomization.yaml")[0]
+if sorted(kustomization.get("resources", [])) != ["../kubernetes", "certificate.yaml"]:
+    errors.append("kustomization.yaml must list ../kubernetes and certificate.yaml")
+if [p.get("path") for p in kustomization.get("patches", [])] != ["deployment-patch.yaml"]:
+    errors.append("kustomization.yaml must patch with deployment-patch.yaml")
+certificate = load(overlay / "certificate.yaml")[0]
+patch = load(overlay / "deployment-patch.yaml")[0]
+base = load(root / "kubernetes" / "deployment.yaml")[0]
+
+def merge(target, change, keys=("name",)):
+    """A strategic merge patch, for the shapes used here: maps merged, null deletes, lists of
+    objects with a name merged by name, other lists replaced."""
+    for key, value in change.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+            by_name = {item["name"]: item for item in target.get(key, [])}
+            for item in value:
+                if item["name"] in by_name:
+                    merge(by_name[item["name"]], item)
+                else:
+                    target.setdefault(key, []).append(copy.deepcopy(item))
+        else:
+            target[key] = copy.deepcopy(value)
+
+deployment = copy.deepcopy(base)
+merge(deployment, patch)
+pathlib.Path(out).write_text(yaml.safe_dump(deployment))
+
+pod = deployment["spec"]["template"]["spec"]
+container = pod["containers"][0]
+env = {e["name"]: e.get("value") for e in container.get("env", [])}
+mounts = container.get("volumeMounts", [])
+volumes = {v["name"]: v for v in pod.get("volumes", [])}
+for mount in mounts:
+    if "subPath" in mount or "subPathExpr" in mount:
+        errors.append(f"volume {mount['name']} is mounted with subPath: it would never be updated")
+    if mount.get("readOnly") is not True:
+        errors.append(f"volume {mount['name']} must be mounted readOnly")
+for name in ("TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA", "AUTH_TOKENS_FILE", "AUTHZ_POLICY"):
+    path = env.get(name) or ""
+    if not any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+        errors.append(f"{name}={path!r} is not in a mounted volume")
+tls_mount = next((m for m in mounts if env.get("TLS_CERT", "").startswith(m["mountPath"])), None)
+secret = volumes.get(tls_mount["name"], {}).get("secret", {}).get("secretName") if tls_mount else None
+if secret != certificate.get("spec", {}).get("secretName"):
+    errors.append(f"the TLS volume mounts Secret {secret!r}, the Certificate renews {certificate.get('spec', {}).get('secretName')!r}")
+for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    if "grpc" in container.get(probe, {}):
+        errors.append(f"{probe} is still a gRPC probe: the kubelet cannot speak TLS to the port")
+for error in errors:
+    print(f"FAIL {error}", file=sys.stderr)
+if errors:
+    sys.exit(1)
+print("ok: deploy/cert-manager consistent with the Certificate and the mounts")
+PY
+out=$("$bin/kubernetes-validate" --strict -k "$k8s_version" "$merged" 2>&1) || { echo "$out"; exit 1; }
+echo "$out"
+grep -q '^INFO .* passed for resource' <<<"$out" || { echo "FAIL the merged Deployment did not validate" >&2; exit 1; }
+
 # kubectl is not installed by this script (PyPI has no kubectl): where it is on the machine, it
 # also builds the kustomization the way `kubectl apply -k` will.
 if command -v kubectl >/dev/null; then
   echo "--- kubectl kustomize $dir/kubernetes ($(kubectl version --client 2>/dev/null | head -1))"
   kubectl kustomize "$dir/kubernetes" >/dev/null
+  kubectl kustomize "$dir/cert-manager" >/dev/null
 else
   echo "--- kubectl not found: kustomize build skipped"
 fi

@@ -232,6 +232,9 @@ async fn run(
         );
         tasks.spawn(events_stop.clone().run_until_cancelled_owned(relay));
     }
+    // Certificates, tokens and the policy, reloaded as their files change.
+    let reloads = crate::security::reload::watch(settings.security.clone());
+    tasks.spawn(events_stop.clone().run_until_cancelled_owned(reloads));
     tasks.close();
 
     let draining = Arc::new(Notify::new());

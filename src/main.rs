@@ -39,6 +39,7 @@ async fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
     // Certificates, tokens and the NATS settings first: a bad one fails the start before the
     // database is touched.
     let security = Security::load(&cli.serve.security)?;
+    tokio::spawn(reload_on_hangup(security.clone()));
     if let Some(path) = &cli.serve.audit_log {
         audit::open_file(path).map_err(|source| AuditLogError {
             path: path.clone(),
@@ -72,7 +73,6 @@ async fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn Error>> {
         shutdown_signal().await;
         stop.cancel();
     });
-    tokio::spawn(reopen_on_hangup());
     running.join().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -144,17 +144,20 @@ struct AuditLogError {
     source: std::io::Error,
 }
 
-/// SIGHUP: the audit log is opened again under its name (logrotate moved the old file away).
-async fn reopen_on_hangup() {
+/// SIGHUP: the certificates, tokens and policy are loaded again, and the audit log is opened
+/// again under its name (logrotate moved the old file away).
+async fn reload_on_hangup(security: Security) {
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let mut hangup = match hangup {
         Ok(signal) => signal,
         Err(err) => {
-            tracing::warn!("cannot listen for SIGHUP ({err}); the audit log is never reopened");
+            tracing::warn!("cannot listen for SIGHUP ({err}); reload only by changing the files");
             return;
         }
     };
     while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the security files and reopening the audit log");
+        security.reload_all();
         match audit::reopen() {
             Ok(()) => tracing::info!("SIGHUP: audit log reopened"),
             Err(err) => {

@@ -7,15 +7,25 @@ pub mod audit;
 mod auth;
 mod current;
 pub mod policy;
+pub mod reload;
 pub mod tls;
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use http::HeaderMap;
 
 pub use auth::{Caller, LineProblem, MIN_TOKEN_LENGTH, Tokens, TokensError};
 pub use current::Current;
 pub use policy::{Policy, PolicyError, PolicyProblem};
+pub use reload::Watched;
 pub use tls::{ClientIdentity, TlsError, TlsFile};
 
 use crate::{
@@ -36,7 +46,14 @@ pub struct Security {
     pub auth_reflection: bool,
     /// Whether TLS asks clients for a certificate.
     mutual: bool,
+    /// The files all this came from, read again by reloads.
+    files: Arc<SecurityArgs>,
+    /// The serving certificate's not-after time (Unix seconds), 0 when unknown.
+    cert_expiry: Arc<AtomicI64>,
 }
+
+/// A serving certificate this close to its end is warned about at every load.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -113,14 +130,136 @@ impl Security {
             }
             None => None,
         };
-        let shared = |value| Arc::new(Current::new(value));
+        let cert_expiry = Arc::new(AtomicI64::new(0));
+        let tls = tls.map(|(config, not_after)| {
+            note_expiry(&cert_expiry, not_after, args.tls_cert.as_deref());
+            Arc::new(Current::new(config))
+        });
         Ok(Security {
-            tls: tls.map(|config| Arc::new(Current::new(Arc::unwrap_or_clone(config)))),
-            tokens: tokens.map(shared),
+            tls,
+            tokens: tokens.map(|tokens| Arc::new(Current::new(tokens))),
             policy: policy.map(|policy| Arc::new(Current::new(policy))),
             auth_reflection: args.auth_reflection,
             mutual,
+            files: Arc::new(args.clone()),
+            cert_expiry,
         })
+    }
+
+    /// The files a reload reads, each with what it is.
+    pub fn watched_files(&self) -> Vec<(PathBuf, Watched)> {
+        let files = &self.files;
+        let mut watched = Vec::new();
+        let mut add = |path: &Option<PathBuf>, what| {
+            if let Some(path) = path {
+                watched.push((path.clone(), what));
+            }
+        };
+        if self.tls.is_some() {
+            add(&files.tls_cert, Watched::TlsCert);
+            add(&files.tls_key, Watched::TlsCert);
+            add(&files.tls_client_ca, Watched::ClientCa);
+        }
+        add(&files.auth_tokens_file, Watched::Tokens);
+        add(&files.authz_policy, Watched::Policy);
+        watched
+    }
+
+    /// Loads every file again (SIGHUP).
+    pub fn reload_all(&self) {
+        let all = self.watched_files().into_iter().map(|(_, what)| what);
+        self.reload(&all.collect());
+    }
+
+    /// Loads again what `changed` names; what fails to load leaves the old value in force.
+    pub fn reload(&self, changed: &BTreeSet<Watched>) {
+        let tls_changed =
+            changed.contains(&Watched::TlsCert) || changed.contains(&Watched::ClientCa);
+        if let (true, Some(current)) = (tls_changed, &self.tls) {
+            self.reload_tls(current, changed);
+        }
+        if let (true, Some(current)) = (changed.contains(&Watched::Tokens), &self.tokens) {
+            let loaded = self
+                .files
+                .auth_tokens_file
+                .as_deref()
+                .map(Tokens::load)
+                .transpose();
+            match loaded {
+                Ok(Some(tokens)) => {
+                    tracing::info!(tokens = tokens.len(), "tokens file reloaded");
+                    current.replace(tokens);
+                    reload::count(Watched::Tokens, true);
+                }
+                Ok(None) => {}
+                Err(err) => reload_failed(Watched::Tokens, &err),
+            }
+        }
+        if let (true, Some(current)) = (changed.contains(&Watched::Policy), &self.policy) {
+            match self.load_policy() {
+                Ok(Some(policy)) => {
+                    tracing::info!("authorization policy reloaded");
+                    current.replace(policy);
+                    reload::count(Watched::Policy, true);
+                }
+                Ok(None) => {}
+                Err(err) => reload_failed(Watched::Policy, &err),
+            }
+        }
+    }
+
+    fn reload_tls(&self, current: &Current<rustls::ServerConfig>, changed: &BTreeSet<Watched>) {
+        let files = &self.files;
+        let (Some(cert), Some(key)) = (&files.tls_cert, &files.tls_key) else {
+            return;
+        };
+        match tls::load(cert, key, files.tls_client_ca.as_deref()) {
+            Ok((config, not_after)) => {
+                tracing::info!(
+                    "TLS certificate, key and client CA reloaded: new connections use them"
+                );
+                note_expiry(&self.cert_expiry, not_after, Some(cert));
+                self.record_expiry();
+                current.replace(config);
+                for what in changed
+                    .iter()
+                    .filter(|w| matches!(w, Watched::TlsCert | Watched::ClientCa))
+                {
+                    reload::count(*what, true);
+                }
+            }
+            Err(err) => {
+                let what = if err.is_client_ca() {
+                    Watched::ClientCa
+                } else {
+                    Watched::TlsCert
+                };
+                reload_failed(what, &err);
+            }
+        }
+    }
+
+    /// The policy file read again, checked against the tokens now in force.
+    fn load_policy(&self) -> Result<Option<Policy>, PolicyError> {
+        let Some(path) = &self.files.authz_policy else {
+            return Ok(None);
+        };
+        let tokens = self.tokens.as_ref().map(|tokens| tokens.get());
+        let token_names = tokens.as_deref().map(Tokens::names).unwrap_or_default();
+        let principals = policy::Principals {
+            token_names: &token_names,
+            certificates: self.mutual,
+        };
+        Policy::load(path, principals).map(|(policy, _)| Some(policy))
+    }
+
+    /// `student_service_tls_cert_expiry_seconds`, when there is a serving certificate.
+    fn record_expiry(&self) {
+        let not_after = self.cert_expiry.load(Ordering::Relaxed);
+        if self.tls.is_some() && not_after != 0 {
+            metrics::gauge!(crate::telemetry::catalogue::TLS_CERT_EXPIRY.name)
+                .set(not_after as f64);
+        }
     }
 
     /// How connections are secured, for the log: `plaintext`, `TLS` or `mutual TLS`.
@@ -143,13 +282,16 @@ impl Security {
     }
 
     /// Puts the denial counter of every principal the policy names, and of `other`, in the
-    /// first scrape, at 0 (`other` alone without a policy, where it stays 0).
+    /// first scrape, at 0 (`other` alone without a policy, where it stays 0), and the reload
+    /// counters; sets the certificate expiry gauge.
     pub fn register_metrics(&self) {
         let policy = self.policy.as_ref().map(|policy| policy.get());
         let named = policy.iter().flat_map(|policy| policy.principals());
         for principal in named.chain(["other"]) {
             denied_counter(principal).increment(0);
         }
+        reload::register_metrics();
+        self.record_expiry();
     }
 
     /// Who makes a call to `path` with `headers` over a connection whose client certificate
@@ -198,6 +340,41 @@ impl Security {
         }
         Ok(Some(caller))
     }
+}
+
+/// Keeps the serving certificate's not-after time, warning when it is near.
+fn note_expiry(expiry: &AtomicI64, not_after: Option<i64>, path: Option<&std::path::Path>) {
+    let Some(not_after) = not_after else {
+        return;
+    };
+    expiry.store(not_after, Ordering::Relaxed);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    let left = not_after - now;
+    if left < EXPIRY_WARNING.as_secs() as i64 {
+        tracing::warn!(
+            certificate = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+            days_left = left / 86_400,
+            "the TLS certificate expires in less than 7 days: renew it (a new file is picked up without a restart)"
+        );
+    }
+}
+
+/// The ERROR line and the count of a reload that failed; the old value stays in force.
+fn reload_failed(what: Watched, err: &dyn std::error::Error) {
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    tracing::error!(
+        file = what.label(),
+        reason,
+        "reload refused; the previous one stays in force"
+    );
+    reload::count(what, false);
 }
 
 /// The name a certificate goes by: the first of its names the policy names, else its first.

@@ -93,13 +93,30 @@ pub enum TlsError {
     Rejected(#[source] rustls::Error),
 }
 
+impl TlsError {
+    /// Whether the error is about the client CA bundle (else the certificate or its key).
+    pub fn is_client_ca(&self) -> bool {
+        match self {
+            TlsError::Read { file, .. }
+            | TlsError::Pem { file, .. }
+            | TlsError::NoCertificate { file, .. } => *file == TlsFile::ClientCa,
+            TlsError::ClientCa { .. } => true,
+            TlsError::NoKey { .. }
+            | TlsError::KeyMismatch { .. }
+            | TlsError::Unusable { .. }
+            | TlsError::Rejected(_) => false,
+        }
+    }
+}
+
 /// The server's TLS settings: its certificate chain and key and, for mutual TLS, the CA(s)
-/// that client certificates must be signed by. HTTP/2 only (ALPN `h2`), as gRPC needs.
+/// that client certificates must be signed by. HTTP/2 only (ALPN `h2`), as gRPC needs. Also the
+/// serving certificate's not-after time (Unix seconds).
 pub fn load(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<(ServerConfig, Option<i64>), TlsError> {
     // Name ring explicitly, so a second provider compiled in by some other dependency can never
     // make the choice ambiguous.
     let provider = Arc::new(ring::default_provider());
@@ -107,6 +124,7 @@ pub fn load(
     let cert_pem = read(TlsFile::Certificate, cert)?;
     let key_pem = read(TlsFile::Key, key)?;
     let chain = certificates(TlsFile::Certificate, cert, &cert_pem)?;
+    let expires = chain.first().and_then(not_after);
     let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| match source {
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: key.into() },
         source => TlsError::Pem {
@@ -143,7 +161,7 @@ pub fn load(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((config, expires))
 }
 
 fn read(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -135,13 +135,21 @@ pub const AUTHZ_DENIED: Metric = counter(
     "student_service_authz_denied_total",
     "Calls the authorization policy (--authz-policy) denied, by principal (those the policy names; any other as other).",
 );
+pub const CONFIG_RELOADS: Metric = counter(
+    "student_service_config_reloads_total",
+    "Reloads of the security files, by file (tls_cert, client_ca, tokens, policy) and result (ok, or error: the previous one stays in force).",
+);
+pub const TLS_CERT_EXPIRY: Metric = gauge(
+    "student_service_tls_cert_expiry_seconds",
+    "The not-after time of the serving TLS certificate in force, as a Unix timestamp.",
+);
 pub const BUILD_INFO: Metric = gauge(
     "student_service_build_info",
     "Always 1; the labels name the running build (commit empty when not built from git).",
 );
 
 /// Every metric above.
-pub const ALL: [&Metric; 20] = [
+pub const ALL: [&Metric; 22] = [
     &GRPC_STARTED,
     &GRPC_HANDLED,
     &GRPC_MESSAGES_RECEIVED,
@@ -161,6 +169,8 @@ pub const ALL: [&Metric; 20] = [
     &TRACE_SPANS_DROPPED,
     &SQLITE_GROUP_COMMIT_BATCH_SIZE,
     &AUTHZ_DENIED,
+    &CONFIG_RELOADS,
+    &TLS_CERT_EXPIRY,
     &BUILD_INFO,
 ];
 

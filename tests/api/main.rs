@@ -28,6 +28,7 @@ mod races;
 mod reliability;
 mod replica_races;
 mod resilience;
+mod rotation;
 mod schema;
 mod security;
 mod startup;

@@ -42,6 +42,15 @@ impl Ca {
         self.sign(params, &names[0], purpose)
     }
 
+    /// A server certificate for `localhost` with this serial number and not-after date.
+    pub(crate) fn issue_server(&self, serial: u64, not_after: (i32, u8, u8)) -> Pair {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("subject names");
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        self.sign(params, "localhost", ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A client certificate whose only subject alternative name is the URI `uri` (a SPIFFE ID).
     pub(crate) fn issue_uri(&self, uri: &str, common_name: &str) -> Pair {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
