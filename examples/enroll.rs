@@ -2,8 +2,10 @@
 //!
 //! - a deadline on every call (`grpc-timeout`), so a slow server costs a bounded wait;
 //! - retries with exponential backoff and full jitter for RESOURCE_EXHAUSTED and ABORTED (the
-//!   server did not do the work) and, where a repeat is harmless, UNAVAILABLE; the same policy
-//!   as docs/clients.md's service config, which tonic cannot load. Never for INVALID_ARGUMENT or
+//!   server did not do the work) and UNAVAILABLE (it may have): every call here is safe to
+//!   repeat, creates included, because each create carries a `request_id` made once and sent
+//!   again with each retry (AIP-155: the retry answers the first result). The same policy as
+//!   docs/clients.md's service config, which tonic cannot load. Never for INVALID_ARGUMENT or
 //!   FAILED_PRECONDITION: the same request fails the same way;
 //! - decisions taken on the `ErrorInfo` reason (COURSE_FULL vs COURSE_NOT_FOUND), not on the
 //!   message text, which is for people;
@@ -95,24 +97,29 @@ async fn run(args: Args) -> Result<(), String> {
     // Unique per run, so the example can run again against the same database.
     let run = fastrand::u32(..);
 
-    let ada = call("CreateStudent", Retry::Create, || {
+    // One request_id per logical create, the same in each of its attempts.
+    let request_id = new_request_id();
+    let ada = call("CreateStudent", || {
         let (mut client, request) = (
             students.clone(),
             CreateStudentRequest {
                 name: "Ada Lovelace".into(),
                 email: format!("ada.{run}@example.com"),
+                request_id: request_id.clone(),
             },
         );
         async move { client.create_student(with_deadline(request)).await }
     })
     .await
     .map_err(describe)?;
-    let grace = call("CreateStudent", Retry::Create, || {
+    let request_id = new_request_id();
+    let grace = call("CreateStudent", || {
         let (mut client, request) = (
             students.clone(),
             CreateStudentRequest {
                 name: "Grace Hopper".into(),
                 email: format!("grace.{run}@example.com"),
+                request_id: request_id.clone(),
             },
         );
         async move { client.create_student(with_deadline(request)).await }
@@ -121,13 +128,15 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(describe)?;
     let mut course_ids = Vec::new();
     for (code, capacity) in [(format!("ONE-{run}"), 1), (format!("ANY-{run}"), 0)] {
-        let course = call("CreateCourse", Retry::Create, || {
+        let request_id = new_request_id();
+        let course = call("CreateCourse", || {
             let (mut client, request) = (
                 courses.clone(),
                 CreateCourseRequest {
                     code: code.clone(),
                     title: "Analytical Engines".into(),
                     capacity,
+                    request_id: request_id.clone(),
                 },
             );
             async move { client.create_course(with_deadline(request)).await }
@@ -219,7 +228,7 @@ async fn assign(
     student_id: i64,
     course_id: i64,
 ) -> Result<student_service::api::pb::AssignCourseResponse, Status> {
-    call("AssignCourse", Retry::Idempotent, || {
+    call("AssignCourse", || {
         let mut client = students.clone();
         let request = AssignCourseRequest {
             student_id,
@@ -235,7 +244,7 @@ async fn list_all_courses(students: &Students, student_id: i64) -> Result<Vec<i6
     let mut ids = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = call("ListCourses", Retry::Idempotent, || {
+        let page = call("ListCourses", || {
             let (mut client, request) = (
                 students.clone(),
                 ListCoursesRequest {
@@ -263,20 +272,26 @@ fn with_deadline<T>(message: T) -> Request<T> {
     request
 }
 
-/// Which failures a call may retry.
-#[derive(Clone, Copy)]
-enum Retry {
-    /// Reads, AssignCourse (a repeat answers `created: false`), removals (a repeat answers
-    /// NOT_FOUND, read as "already gone").
-    Idempotent,
-    /// Creates: not on UNAVAILABLE, which can come after the row was written; a retry would
-    /// then answer ALREADY_EXISTS without the new id.
-    Create,
+/// A random (version 4) UUID, for a create's `request_id`.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    bytes.iter_mut().for_each(|byte| *byte = fastrand::u8(..));
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Runs `attempt` until it succeeds, fails with a code not worth retrying, or has been tried
 /// `MAX_ATTEMPTS` times, sleeping an exponential backoff with full jitter between attempts.
-async fn call<T, F, Fut>(name: &str, retry: Retry, mut attempt: F) -> Result<T, Status>
+async fn call<T, F, Fut>(name: &str, mut attempt: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -285,7 +300,7 @@ where
     for attempt_number in 1.. {
         match attempt().await {
             Ok(response) => return Ok(response.into_inner()),
-            Err(status) if is_retryable(&status, retry) && attempt_number < MAX_ATTEMPTS => {
+            Err(status) if is_retryable(&status) && attempt_number < MAX_ATTEMPTS => {
                 let pause = backoff.mul_f64(fastrand::f64());
                 eprintln!(
                     "{name}: {:?} ({}); retrying in {pause:?}",
@@ -304,14 +319,14 @@ where
 /// RESOURCE_EXHAUSTED: the server was at its limit and refused the call unread.
 /// ABORTED: a concurrent change got in the way; nothing was written.
 /// UNAVAILABLE: the server, its database or the connection failed; the work may or may not
-/// have been done, so only where a repeat is harmless.
+/// have been done, which a repeat of any call here tells apart (reads and AssignCourse are
+/// idempotent, creates carry a request_id).
 /// DEADLINE_EXCEEDED is left out: the deadline is spent.
-fn is_retryable(status: &Status, retry: Retry) -> bool {
-    match status.code() {
-        Code::ResourceExhausted | Code::Aborted => true,
-        Code::Unavailable => matches!(retry, Retry::Idempotent),
-        _ => false,
-    }
+fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::ResourceExhausted | Code::Aborted | Code::Unavailable
+    )
 }
 
 /// The `ErrorInfo` reason of a failed call (every error of this service carries one).

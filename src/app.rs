@@ -183,6 +183,10 @@ pub async fn start(settings: AppSettings) -> Result<Running, AppError> {
     })
 }
 
+/// How often expired request_ids are deleted: they live their retention and at most this much
+/// longer.
+const REQUEST_IDS_EXPIRE_EVERY: Duration = Duration::from_secs(300);
+
 /// The tasks beside the server, and the token that stops the last of them.
 struct Background {
     tasks: TaskTracker,
@@ -232,6 +236,9 @@ async fn run(
         );
         tasks.spawn(events_stop.clone().run_until_cancelled_owned(relay));
     }
+    // request_ids (safe retries of creates) older than their retention.
+    let expiry = crate::store::expire_request_ids(store.clone(), REQUEST_IDS_EXPIRE_EVERY);
+    tasks.spawn(events_stop.clone().run_until_cancelled_owned(expiry));
     // Certificates, tokens and the policy, reloaded as their files change.
     let reloads = crate::security::reload::watch(settings.security.clone());
     tasks.spawn(events_stop.clone().run_until_cancelled_owned(reloads));

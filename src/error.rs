@@ -56,6 +56,18 @@ pub enum Error {
     #[error("course {0} is full")]
     CourseFull(i64),
 
+    /// A request_id (AIP-155) came again with a different request, or for another method.
+    #[error(
+        "request_id {request_id} was used within the last 24 hours for a different request \
+         (to {method}): a retry must repeat its request exactly; make a new request_id for a new \
+         request"
+    )]
+    RequestIdReused {
+        request_id: String,
+        /// The method the id was first used with.
+        method: String,
+    },
+
     /// BatchAssignCourses: every requested course that does not exist.
     #[error("{} not found", courses(.0))]
     CoursesNotFound(Vec<i64>),

@@ -11,8 +11,19 @@ DO $$ BEGIN
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO student_service_app', current_database());
 END $$;
 GRANT USAGE ON SCHEMA public TO student_service_app;
-GRANT SELECT, INSERT, UPDATE, DELETE
-  ON students, courses, student_courses, enrollment_events, event_feed
-  TO student_service_app;
+-- Every table of the schema, as far as the database has been migrated: the same script serves a
+-- database still at an older release (a table of a later one is granted when it exists).
+DO $$
+DECLARE
+  name text;
+BEGIN
+  FOREACH name IN ARRAY ARRAY[
+    'students', 'courses', 'student_courses', 'enrollment_events', 'event_feed', 'request_ids'
+  ] LOOP
+    IF to_regclass(format('public.%I', name)) IS NOT NULL THEN
+      EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON public.%I TO student_service_app', name);
+    END IF;
+  END LOOP;
+END $$;
 -- --migrations check reads which migrations are applied.
 GRANT SELECT ON _sqlx_migrations TO student_service_app;

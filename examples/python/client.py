@@ -40,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import types
+import uuid
 
 import grpc
 from google.rpc import error_details_pb2  # googleapis-common-protos: ErrorInfo, BadRequest
@@ -190,11 +191,14 @@ class School:
         self.metadata = metadata
 
     def create_student(self, name, email):
-        request = self.pb.CreateStudentRequest(name=name, email=email)
+        # One request_id per student to create: the channel's retries resend the same message, so
+        # a retry after a lost answer gets the student the first attempt created (AIP-155).
+        request = self.pb.CreateStudentRequest(name=name, email=email, request_id=str(uuid.uuid4()))
         return self.students.CreateStudent(request, timeout=self.deadline, metadata=self.metadata)
 
     def create_course(self, code, title, capacity=0):
-        request = self.course_pb.CreateCourseRequest(code=code, title=title, capacity=capacity)
+        request = self.course_pb.CreateCourseRequest(code=code, title=title, capacity=capacity,
+                                                     request_id=str(uuid.uuid4()))
         return self.courses.CreateCourse(request, timeout=self.deadline, metadata=self.metadata)
 
     def enroll(self, student_id, course_id):

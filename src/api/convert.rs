@@ -1,7 +1,9 @@
 //! Domain records to proto messages.
 
+use sha2::{Digest, Sha256};
+
 use super::pb::{self, timestamp};
-use crate::domain::{Course, Enrollment, Student, etag};
+use crate::domain::{Course, Enrollment, Once, Student, etag};
 
 impl From<Student> for pb::Student {
     fn from(s: Student) -> Self {
@@ -46,4 +48,21 @@ pub(super) fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
 
 pub(super) fn all<T, P: From<T>>(items: Vec<T>) -> Vec<P> {
     items.into_iter().map(P::from).collect()
+}
+
+/// A create to be done at most once, when it carries a request_id: `request` is the request as
+/// sent, its request_id already taken out, so a retry hashes to the same digest.
+pub(super) fn once<M: prost::Message>(
+    request_id: Option<String>,
+    method: &'static str,
+    request: &M,
+) -> Option<Once> {
+    let request_id = request_id?;
+    let digest = Sha256::digest(request.encode_to_vec());
+    let digest = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    Some(Once {
+        request_id,
+        method,
+        digest,
+    })
 }

@@ -1,7 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{all, mask_paths},
+    convert::{all, mask_paths, once},
     pb::{self, course_service_server::CourseService},
 };
 use crate::{
@@ -28,11 +28,14 @@ impl CourseService for CourseApi {
         request: Request<pb::CreateCourseRequest>,
     ) -> Result<Response<pb::Course>, Status> {
         super::audit::note_ids(&request);
-        let request = request.into_inner();
-        let course = NewCourse::parse(&request.code, &request.title, request.capacity)?;
+        let mut request = request.into_inner();
+        let request_id = std::mem::take(&mut request.request_id);
+        let parsed = NewCourse::parse(&request.code, &request.title, request.capacity);
+        let (course, request_id) = domain::with_request_id(parsed, &request_id)?;
+        let once = once(request_id, "school.v1.CourseService/CreateCourse", &request);
         let created = self
             .store
-            .create_course(&course, domain::now_micros())
+            .create_course(&course, domain::now_micros(), once.as_ref())
             .await?;
         Ok(Response::new(created.into()))
     }

@@ -121,6 +121,14 @@ fn classify(err: &Error) -> (Code, &'static str, HashMap<String, String>) {
             "COURSE_CODE_TAKEN",
             meta(&[("code", code.clone())]),
         ),
+        Error::RequestIdReused { request_id, method } => (
+            Code::InvalidArgument,
+            "REQUEST_ID_REUSED",
+            meta(&[
+                ("request_id", request_id.clone()),
+                ("method", method.clone()),
+            ]),
+        ),
         Error::CourseFull(id) => (
             Code::FailedPrecondition,
             "COURSE_FULL",

@@ -1,7 +1,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{all, mask_paths},
+    convert::{all, mask_paths, once},
     pb::{self, student_service_server::StudentService},
 };
 use crate::{
@@ -28,11 +28,18 @@ impl StudentService for StudentApi {
         request: Request<pb::CreateStudentRequest>,
     ) -> Result<Response<pb::Student>, Status> {
         super::audit::note_ids(&request);
-        let request = request.into_inner();
-        let student = NewStudent::parse(&request.name, &request.email)?;
+        let mut request = request.into_inner();
+        let request_id = std::mem::take(&mut request.request_id);
+        let parsed = NewStudent::parse(&request.name, &request.email);
+        let (student, request_id) = domain::with_request_id(parsed, &request_id)?;
+        let once = once(
+            request_id,
+            "school.v1.StudentService/CreateStudent",
+            &request,
+        );
         let created = self
             .store
-            .create_student(&student, domain::now_micros())
+            .create_student(&student, domain::now_micros(), once.as_ref())
             .await?;
         Ok(Response::new(created.into()))
     }
@@ -108,11 +115,15 @@ impl StudentService for StudentApi {
         request: Request<pb::BatchAssignCoursesRequest>,
     ) -> Result<Response<pb::BatchAssignCoursesResponse>, Status> {
         super::audit::note_ids(&request);
-        let request = request.get_ref();
-        let batch = BatchAssign::parse(request.student_id, &request.course_ids)?;
+        let mut request = request.into_inner();
+        let request_id = std::mem::take(&mut request.request_id);
+        let parsed = BatchAssign::parse(request.student_id, &request.course_ids);
+        let (batch, request_id) = domain::with_request_id(parsed, &request_id)?;
+        let method = "school.v1.StudentService/BatchAssignCourses";
+        let once = once(request_id, method, &request);
         let enrolled = self
             .store
-            .batch_assign(&batch, domain::now_micros())
+            .batch_assign(&batch, domain::now_micros(), once.as_ref())
             .await?;
         let results = enrolled
             .into_iter()

@@ -7,6 +7,7 @@ mod page;
 #[cfg(test)]
 mod proptests;
 mod requests;
+mod retries;
 mod text;
 mod updates;
 
@@ -17,12 +18,13 @@ pub use requests::{
     NewCourse, NewStudent, SearchQuery, StudentCourse, parse_list_of, parse_list_students,
     parse_search, parse_single_id, parse_student_course,
 };
+pub use retries::{Once, REQUEST_ID_RETENTION, with_request_id};
 pub use updates::{CourseFields, CourseUpdate, Delete, StudentFields, StudentUpdate, etag};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A student as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Student {
     pub id: i64,
     pub name: String,
@@ -34,7 +36,7 @@ pub struct Student {
 }
 
 /// A course as stored, with its live enrollment count.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Course {
     pub id: i64,
     pub code: String,
@@ -49,7 +51,7 @@ pub struct Course {
 }
 
 /// One student enrolled in one course.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Enrollment {
     pub student_id: i64,
     pub course_id: i64,

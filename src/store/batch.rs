@@ -29,10 +29,12 @@ use super::{
     Store,
     enrollments::{ASSIGN_TRIES, Assigned, INSERT, SELECT, after_insert},
     errors::{full_course, is_course_full, is_foreign_key_violation},
-    observe, students,
+    observe,
+    request_ids::{Earlier, claim, record},
+    students,
 };
 use crate::{
-    domain::{BatchAssign, Enrollment},
+    domain::{BatchAssign, Enrollment, Once},
     error::{Error, Resource, Result},
 };
 
@@ -67,15 +69,19 @@ enum Attempt {
     Refused(Option<i64>),
     /// A pair found existing was gone when read (PostgreSQL only); rolled back, to start over.
     Vanished,
+    /// The batch's request_id was used before; nothing was written.
+    Earlier(Earlier),
 }
 
 impl Store {
     /// Enrolls the student in every course of the batch, or in none; one result per course, in
-    /// the order of the request.
+    /// the order of the request. With a request_id, a repeat answers what the first call did
+    /// (`request_ids`).
     pub async fn batch_assign(
         &self,
         batch: &BatchAssign,
         now: i64,
+        once: Option<&Once>,
     ) -> Result<Vec<(Enrollment, bool)>> {
         let mut courses = batch.course_ids.clone();
         courses.sort_unstable();
@@ -84,13 +90,13 @@ impl Store {
             Backend::Sqlite { writer, .. } => {
                 let mut connection = observe::acquire(writer, observe::SQLITE_WRITER).await?;
                 let writer = Writer::Sqlite(&mut connection);
-                let work = run(writer, student, &courses, now);
+                let work = run(writer, student, &courses, now, once);
                 observe::statement(observe::SQLITE_SYSTEM, "batch_assign_courses", work).await
             }
             Backend::Postgres(pool, _) => {
                 let mut connection = observe::acquire(pool, observe::POSTGRES).await?;
                 let writer = Writer::Postgres(&mut connection);
-                let work = run(writer, student, &courses, now);
+                let work = run(writer, student, &courses, now, once);
                 let enrolled =
                     observe::statement(observe::POSTGRESQL_SYSTEM, "batch_assign_courses", work)
                         .await;
@@ -98,9 +104,18 @@ impl Store {
                 enrolled
             }
         }?;
-        let created = enrolled.values().filter(|(_, created)| *created).count();
-        metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_CREATED.name)
-            .increment(created as u64);
+        let enrolled = match enrolled {
+            Ran::Now(enrolled) => {
+                let created = enrolled.values().filter(|(_, created)| *created).count();
+                metrics::counter!(crate::telemetry::catalogue::ENROLLMENTS_CREATED.name)
+                    .increment(created as u64);
+                enrolled
+            }
+            // Counted when it was first answered.
+            Ran::Before(earlier) => earlier.answer(once.ok_or_else(|| {
+                Error::Internal("an earlier batch without a request_id".into())
+            })?)?,
+        };
         batch
             .course_ids
             .iter()
@@ -119,21 +134,34 @@ impl Store {
     }
 }
 
+/// A batch run now, or answered before under its request_id.
+enum Ran {
+    Now(Enrolled),
+    Before(Earlier),
+}
+
 /// Attempts the batch until it is enrolled or refused for reasons that still hold.
-async fn run(mut writer: Writer<'_>, student: i64, courses: &[i64], now: i64) -> Result<Enrolled> {
+async fn run(
+    mut writer: Writer<'_>,
+    student: i64,
+    courses: &[i64],
+    now: i64,
+    once: Option<&Once>,
+) -> Result<Ran> {
     let mut met_full = None;
     let mut conflict = "the courses kept changing between the batch and the check of its refusal";
     for _ in 0..ASSIGN_TRIES {
         let attempt = match &mut writer {
             Writer::Sqlite(connection) => {
-                attempt_on_sqlite(connection, student, courses, now).await
+                attempt_on_sqlite(connection, student, courses, now, once).await
             }
             Writer::Postgres(connection) => {
-                attempt_on_postgres(connection, student, courses, now).await
+                attempt_on_postgres(connection, student, courses, now, once).await
             }
         }?;
         match attempt {
-            Attempt::Enrolled(enrolled) => return Ok(enrolled),
+            Attempt::Enrolled(enrolled) => return Ok(Ran::Now(enrolled)),
+            Attempt::Earlier(earlier) => return Ok(Ran::Before(earlier)),
             Attempt::Refused(full) => {
                 if let Some(refusal) = why_refused(&mut writer, student, courses).await? {
                     return Err(refusal);
@@ -162,8 +190,15 @@ async fn attempt_on_sqlite(
     student: i64,
     courses: &[i64],
     now: i64,
+    once: Option<&Once>,
 ) -> Result<Attempt> {
     let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await?;
+    if let Some(once) = once
+        && let Some(earlier) = claim!(transaction, once, now)
+    {
+        transaction.rollback().await?;
+        return Ok(Attempt::Earlier(earlier));
+    }
     let mut enrolled = Enrolled::with_capacity(courses.len());
     for &course in courses {
         let inserted = sqlx::query_scalar(INSERT)
@@ -190,6 +225,9 @@ async fn attempt_on_sqlite(
             }
         };
     }
+    if let Some(once) = once {
+        record!(transaction, once, &enrolled);
+    }
     transaction.commit().await?;
     Ok(Attempt::Enrolled(enrolled))
 }
@@ -199,8 +237,16 @@ async fn attempt_on_postgres(
     student: i64,
     courses: &[i64],
     now: i64,
+    once: Option<&Once>,
 ) -> Result<Attempt> {
     let mut transaction = connection.begin().await?;
+    // Before the insert locks anything: a retry racing its first attempt waits here.
+    if let Some(once) = once
+        && let Some(earlier) = claim!(transaction, once, now)
+    {
+        transaction.rollback().await?;
+        return Ok(Attempt::Earlier(earlier));
+    }
     let inserted: Result<Vec<(i64, i64)>, _> = sqlx::query_as(INSERT_ALL_POSTGRES)
         .bind(student)
         .bind(courses)
@@ -237,6 +283,9 @@ async fn attempt_on_postgres(
     if !courses.iter().all(|course| enrolled.contains_key(course)) {
         transaction.rollback().await?;
         return Ok(Attempt::Vanished);
+    }
+    if let Some(once) = once {
+        record!(transaction, once, &enrolled);
     }
     transaction.commit().await?;
     Ok(Attempt::Enrolled(enrolled))

@@ -1,9 +1,13 @@
 use super::Backend;
 use super::{
-    Store, errors::is_unique_violation, first_row, observe, sqlite_direct, with_reader, with_writer,
+    Store,
+    errors::is_unique_violation,
+    first_row, observe,
+    request_ids::{self, Claimed},
+    sqlite_direct, with_reader, with_writer,
 };
 use crate::{
-    domain::{Course, CourseUpdate, Delete, NewCourse, PageRequest, SearchQuery},
+    domain::{Course, CourseUpdate, Delete, NewCourse, Once, PageRequest, SearchQuery},
     error::{Error, Resource, Result},
 };
 
@@ -75,16 +79,37 @@ const SELECT_PAGE_OF_STUDENT: &str = concat!(
 );
 
 impl Store {
-    pub async fn create_course(&self, course: &NewCourse, now: i64) -> Result<Course> {
-        let created = with_writer!(self, "create_course", pool => sqlx::query_as(INSERT)
-            .bind(&course.code)
-            .bind(&course.title)
-            .bind(&course.title_folded)
-            .bind(course.capacity)
-            .bind(now)
-            .fetch_all(pool)
-            .await
-            .and_then(|rows| first_row(rows).ok_or(sqlx::Error::RowNotFound)));
+    /// Creates the course; with a request_id, at most once (`request_ids`): a repeat answers
+    /// the course first created.
+    pub async fn create_course(
+        &self,
+        course: &NewCourse,
+        now: i64,
+        once: Option<&Once>,
+    ) -> Result<Course> {
+        macro_rules! insert {
+            ($executor:expr) => {
+                sqlx::query_as(INSERT)
+                    .bind(&course.code)
+                    .bind(&course.title)
+                    .bind(&course.title_folded)
+                    .bind(course.capacity)
+                    .bind(now)
+                    .fetch_all($executor)
+                    .await
+                    .and_then(|rows| first_row(rows).ok_or(sqlx::Error::RowNotFound))
+            };
+        }
+        let created = match once {
+            None => with_writer!(self, "create_course", pool => insert!(pool)),
+            Some(once) => {
+                match request_ids::once!(self, "create_course", once, now, tx => insert!(tx)) {
+                    Ok(Claimed::Done(course)) => Ok(course),
+                    Ok(Claimed::Earlier(earlier)) => return earlier.answer(once),
+                    Err(err) => Err(err),
+                }
+            }
+        };
         created.map_err(|err| {
             if is_unique_violation(&err) {
                 Error::CourseCodeTaken(course.code.clone())

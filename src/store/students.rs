@@ -1,6 +1,12 @@
-use super::{Store, errors::is_unique_violation, first_row, with_reader, with_writer};
+use super::{
+    Store,
+    errors::is_unique_violation,
+    first_row,
+    request_ids::{self, Claimed},
+    with_reader, with_writer,
+};
 use crate::{
-    domain::{Delete, NewStudent, PageRequest, Student, StudentUpdate},
+    domain::{Delete, NewStudent, Once, PageRequest, Student, StudentUpdate},
     error::{Error, Resource, Result},
 };
 
@@ -28,14 +34,35 @@ const SELECT_PAGE_IN_COURSE: &str = "SELECT s.id, s.name, s.email, s.create_time
     WHERE sc.course_id = $1 AND sc.student_id > $2 ORDER BY sc.student_id LIMIT CAST($3 AS BIGINT)";
 
 impl Store {
-    pub async fn create_student(&self, student: &NewStudent, now: i64) -> Result<Student> {
-        let created = with_writer!(self, "create_student", pool => sqlx::query_as(INSERT)
-            .bind(&student.name)
-            .bind(&student.email)
-            .bind(now)
-            .fetch_all(pool)
-            .await
-            .and_then(|rows| first_row(rows).ok_or(sqlx::Error::RowNotFound)));
+    /// Creates the student; with a request_id, at most once (`request_ids`): a repeat answers
+    /// the student first created.
+    pub async fn create_student(
+        &self,
+        student: &NewStudent,
+        now: i64,
+        once: Option<&Once>,
+    ) -> Result<Student> {
+        macro_rules! insert {
+            ($executor:expr) => {
+                sqlx::query_as(INSERT)
+                    .bind(&student.name)
+                    .bind(&student.email)
+                    .bind(now)
+                    .fetch_all($executor)
+                    .await
+                    .and_then(|rows| first_row(rows).ok_or(sqlx::Error::RowNotFound))
+            };
+        }
+        let created = match once {
+            None => with_writer!(self, "create_student", pool => insert!(pool)),
+            Some(once) => {
+                match request_ids::once!(self, "create_student", once, now, tx => insert!(tx)) {
+                    Ok(Claimed::Done(student)) => Ok(student),
+                    Ok(Claimed::Earlier(earlier)) => return earlier.answer(once),
+                    Err(err) => Err(err),
+                }
+            }
+        };
         created.map_err(|err| {
             if is_unique_violation(&err) {
                 Error::EmailTaken(student.email.clone())

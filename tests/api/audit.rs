@@ -105,6 +105,7 @@ async fn every_write_and_every_refusal_is_audited_once_with_ids_only(backend: Ba
             pb::CreateStudentRequest {
                 name: NAME.into(),
                 email: EMAIL.into(),
+                request_id: String::new(),
             },
             registrar,
         ))
@@ -117,6 +118,7 @@ async fn every_write_and_every_refusal_is_audited_once_with_ids_only(backend: Ba
                 code: "MATH-101".into(),
                 title: "Calculus".into(),
                 capacity: 1,
+                request_id: String::new(),
             },
             registrar,
         ))
@@ -175,6 +177,7 @@ async fn every_write_and_every_refusal_is_audited_once_with_ids_only(backend: Ba
             pb::BatchAssignCoursesRequest {
                 student_id: s,
                 course_ids: vec![c, c + 1000],
+                request_id: String::new(),
             },
             registrar,
         ))

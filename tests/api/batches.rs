@@ -27,6 +27,7 @@ impl TestApp {
         let request = pb::BatchAssignCoursesRequest {
             student_id,
             course_ids: course_ids.to_vec(),
+            request_id: String::new(),
         };
         let answer = self.students.clone().batch_assign_courses(request).await;
         answer.map(|response| response.into_inner().results)

@@ -50,6 +50,7 @@ async fn create_course_rejects_every_invalid_field_at_once(backend: Backend) {
             code: "C".repeat(33),
             title: "".into(),
             capacity: -1,
+            request_id: String::new(),
         })
         .await;
 
@@ -67,6 +68,7 @@ async fn create_course_rejects_every_invalid_field_at_once(backend: Backend) {
             code: "CS 101".into(),
             title: "Engines".into(),
             capacity: 0,
+            request_id: String::new(),
         })
         .await;
     assert_error(
@@ -89,6 +91,7 @@ async fn course_codes_are_unique_ignoring_case(backend: Backend) {
             code: "cs-101".into(),
             title: "Other".into(),
             capacity: 0,
+            request_id: String::new(),
         })
         .await;
 

@@ -122,6 +122,7 @@ async fn every_change_makes_exactly_its_events(backend: Backend) {
     let batch = pb::BatchAssignCoursesRequest {
         student_id: bob,
         course_ids: vec![more, open],
+        request_id: String::new(),
     };
     app.students
         .clone()
@@ -131,6 +132,7 @@ async fn every_change_makes_exactly_its_events(backend: Backend) {
     let refused = pb::BatchAssignCoursesRequest {
         student_id: ada,
         course_ids: vec![open, one, 999_999],
+        request_id: String::new(),
     };
     app.students
         .clone()

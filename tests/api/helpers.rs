@@ -373,6 +373,7 @@ impl TestApp {
             .create_student(pb::CreateStudentRequest {
                 name: name.into(),
                 email: email.into(),
+                request_id: String::new(),
             })
             .await
             .expect("CreateStudent")
@@ -399,6 +400,7 @@ impl TestApp {
                 code: code.into(),
                 title: title.into(),
                 capacity,
+                request_id: String::new(),
             })
             .await
             .expect("CreateCourse")

@@ -455,6 +455,7 @@ async fn postgres_a_read_only_database_is_unavailable_and_not_serving_until_writ
             .create_student(pb::CreateStudentRequest {
                 name: "Ada".into(),
                 email: "ada@example.com".into(),
+                request_id: String::new(),
             })
             .await;
         let status = answer.expect_err("no write succeeds on a read-only database");
@@ -481,6 +482,7 @@ async fn postgres_a_read_only_database_is_unavailable_and_not_serving_until_writ
             .create_student(pb::CreateStudentRequest {
                 name: "Ada".into(),
                 email: "ada@example.com".into(),
+                request_id: String::new(),
             })
             .await;
         match answer {
@@ -526,6 +528,7 @@ async fn postgres_a_failure_is_logged_with_its_cause_which_the_client_never_sees
             .create_student(pb::CreateStudentRequest {
                 name: "Ada".into(),
                 email: "ada@example.com".into(),
+                request_id: String::new(),
             })
             .await;
         let status = answer.expect_err("no write succeeds on a read-only database");

@@ -28,6 +28,7 @@ mod races;
 mod reliability;
 mod replica_races;
 mod resilience;
+mod retries;
 mod rotation;
 mod schema;
 mod security;

@@ -368,6 +368,7 @@ async fn every_call_is_counted_once_with_its_code_and_labels_carry_no_request_da
         let request = pb::CreateStudentRequest {
             name: name.into(),
             email: email.into(),
+            request_id: String::new(),
         };
         ids.push(
             students
@@ -382,6 +383,7 @@ async fn every_call_is_counted_once_with_its_code_and_labels_carry_no_request_da
         code: "ONE".into(),
         title: "One seat".into(),
         capacity: 1,
+        request_id: String::new(),
     };
     let course = courses
         .create_course(with_token(request))
@@ -616,6 +618,7 @@ async fn every_series_a_scrape_shows_is_described(backend: Backend) {
         .create_student(pb::CreateStudentRequest {
             name: "Ada".into(),
             email: "ada@example.com".into(),
+            request_id: String::new(),
         })
         .await
         .expect("CreateStudent")
@@ -626,6 +629,7 @@ async fn every_series_a_scrape_shows_is_described(backend: Backend) {
             code: code.into(),
             title: code.into(),
             capacity: 1,
+            request_id: String::new(),
         };
         let course = courses.create_course(course).await.expect("CreateCourse");
         course_ids.push(course.into_inner().id);
@@ -638,6 +642,7 @@ async fn every_series_a_scrape_shows_is_described(backend: Backend) {
     let batch = pb::BatchAssignCoursesRequest {
         student_id: student.id,
         course_ids: course_ids.clone(),
+        request_id: String::new(),
     };
     students
         .batch_assign_courses(batch)

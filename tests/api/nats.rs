@@ -422,6 +422,7 @@ async fn a_broker_that_stops_answering_holds_the_relay_seconds_not_minutes() {
             code: format!("HUNG-{n}"),
             title: "Hung broker".into(),
             capacity: 0,
+            request_id: String::new(),
         };
         let created = courses.create_course(course).await.expect("CreateCourse");
         course_ids.push(created.into_inner().id);
@@ -430,6 +431,7 @@ async fn a_broker_that_stops_answering_holds_the_relay_seconds_not_minutes() {
         let student = pb::CreateStudentRequest {
             name: format!("Student {n}"),
             email: format!("student{n}@example.com"),
+            request_id: String::new(),
         };
         let created = students.clone().create_student(student).await;
         created.expect("CreateStudent").into_inner().id
@@ -444,6 +446,7 @@ async fn a_broker_that_stops_answering_holds_the_relay_seconds_not_minutes() {
     let batch = pb::BatchAssignCoursesRequest {
         student_id: first,
         course_ids: course_ids.clone(),
+        request_id: String::new(),
     };
     students
         .batch_assign_courses(batch)

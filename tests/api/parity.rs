@@ -56,6 +56,7 @@ async fn run_script(backend: Backend) -> Vec<String> {
         let request = pb::CreateStudentRequest {
             name: name.into(),
             email: email.into(),
+            request_id: String::new(),
         };
         let answer = s.clone().create_student(request).await;
         if let Ok(created) = &answer {
@@ -87,6 +88,7 @@ async fn run_script(backend: Backend) -> Vec<String> {
             code: code.into(),
             title: format!("Course {code}"),
             capacity,
+            request_id: String::new(),
         };
         let answer = c.clone().create_course(request).await;
         if let Ok(created) = &answer {
@@ -171,6 +173,7 @@ async fn run_script(backend: Backend) -> Vec<String> {
             .batch_assign_courses(pb::BatchAssignCoursesRequest {
                 student_id,
                 course_ids,
+                request_id: String::new(),
             })
             .await;
         t.record(request, answer, |t, r| {

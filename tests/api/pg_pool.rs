@@ -48,6 +48,7 @@ async fn calls_keep_succeeding_while_connections_past_their_lifetime_are_replace
             code: "LIFE".into(),
             title: "Lifetimes".into(),
             capacity: 0,
+            request_id: String::new(),
         })
         .await
         .expect("CreateCourse")

@@ -73,6 +73,7 @@ async fn create(students: &mut StudentServiceClient<Channel>, n: usize) -> (i64,
         .create_student(pb::CreateStudentRequest {
             name: format!("Student {n}"),
             email: format!("student{n}@example.com"),
+            request_id: String::new(),
         })
         .await
         .expect("a write");

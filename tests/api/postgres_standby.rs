@@ -79,6 +79,7 @@ async fn an_endpoint_moved_to_a_standby_is_unavailable_and_not_serving_until_it_
     let create = |n: usize| pb::CreateStudentRequest {
         name: format!("Student {n}"),
         email: format!("student{n}@example.com"),
+        request_id: String::new(),
     };
     let first = students
         .create_student(create(0))
@@ -185,6 +186,7 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
         .create_student(pb::CreateStudentRequest {
             name: "Grace".into(),
             email: "grace@example.com".into(),
+            request_id: String::new(),
         })
         .await
         .expect("a write reaches the primary");
@@ -215,6 +217,7 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
         .create_student(pb::CreateStudentRequest {
             name: "Linus".into(),
             email: "linus@example.com".into(),
+            request_id: String::new(),
         })
         .await
         .expect_err("the standby refuses writes");
@@ -227,6 +230,7 @@ async fn a_multi_host_url_skips_hosts_that_are_down_or_of_the_wrong_kind() {
             .create_student(pb::CreateStudentRequest {
                 name: "Linus".into(),
                 email: "linus@example.com".into(),
+                request_id: String::new(),
             })
             .await;
         match written {

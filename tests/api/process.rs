@@ -219,6 +219,7 @@ pub(crate) async fn create_ada(students: &mut StudentServiceClient<Channel>) -> 
     let request = pb::CreateStudentRequest {
         name: "Ada".into(),
         email: "ada@example.com".into(),
+        request_id: String::new(),
     };
     students
         .create_student(request)

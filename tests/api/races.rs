@@ -392,6 +392,7 @@ async fn batches_racing_deletes_and_unassignments_never_deadlock(backend: Backen
                         let request = pb::BatchAssignCoursesRequest {
                             student_id,
                             course_ids,
+                            request_id: String::new(),
                         };
                         let answer = client.batch_assign_courses(request).await;
                         codes.push(("BatchAssignCourses", code_of(answer)));
@@ -426,6 +427,7 @@ async fn batches_racing_deletes_and_unassignments_never_deadlock(backend: Backen
                         let request = pb::CreateStudentRequest {
                             name: format!("R{n}"),
                             email: format!("r{n}@example.com"),
+                            request_id: String::new(),
                         };
                         match client.create_student(request).await {
                             Ok(created) => {

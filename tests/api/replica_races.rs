@@ -171,6 +171,7 @@ async fn batches_and_assignments_racing_on_replicas_keep_every_promise(backend: 
                         let request = BatchAssignCoursesRequest {
                             student_id: student,
                             course_ids: batch.clone(),
+                            request_id: String::new(),
                         };
                         let answer = api.batch_assign_courses(request).await.map(|r| {
                             let results = r.into_inner().results;

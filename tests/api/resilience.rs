@@ -72,6 +72,7 @@ pub(crate) async fn create_students(
         let request = CreateStudentRequest {
             name: format!("Student {i}"),
             email: format!("s{i}@example.com"),
+            request_id: String::new(),
         };
         ids.push(
             client
@@ -98,6 +99,7 @@ pub(crate) async fn create_courses(
             code: format!("{prefix}-{i}"),
             title: format!("Course {i}"),
             capacity,
+            request_id: String::new(),
         };
         ids.push(
             client
@@ -399,6 +401,7 @@ async fn sigterm_turns_health_off_finishes_calls_in_flight_and_exits(backend: Ba
         code: "BUSY-1".into(),
         title: "Busy".into(),
         capacity: 0,
+        request_id: String::new(),
     };
     let course_id = courses
         .create_course(course)

@@ -102,6 +102,7 @@ async fn create(channel: &Channel, token: &str, n: u64) -> Result<(), tonic::Sta
     let student = pb::CreateStudentRequest {
         name: format!("Student {n}"),
         email: format!("student{n}@example.com"),
+        request_id: String::new(),
     };
     StudentServiceClient::new(channel.clone())
         .create_student(with_token(student, Some(token)))

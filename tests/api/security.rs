@@ -366,6 +366,7 @@ async fn tokens_are_required_and_missing_or_wrong_ones_are_unauthenticated() {
             pb::CreateStudentRequest {
                 name: "Ada".into(),
                 email: "ada@example.com".into(),
+                request_id: String::new(),
             },
             Some(ADA_TOKEN),
         )),

@@ -260,6 +260,7 @@ async fn sqlite_in_memory_is_one_database_for_the_whole_server() {
         code: "CS-1".into(),
         title: "Engines".into(),
         capacity: 1,
+        request_id: String::new(),
     };
     let course = courses
         .create_course(request)

@@ -46,6 +46,7 @@ async fn create_student_rejects_every_invalid_field_at_once(backend: Backend) {
         .create_student(pb::CreateStudentRequest {
             name: "   ".into(),
             email: "not-an-email".into(),
+            request_id: String::new(),
         })
         .await;
 
@@ -62,6 +63,7 @@ async fn create_student_rejects_every_invalid_field_at_once(backend: Backend) {
         .create_student(pb::CreateStudentRequest {
             name: "x".repeat(201),
             email: "a@example.com".into(),
+            request_id: String::new(),
         })
         .await;
     assert_error(
@@ -96,6 +98,7 @@ async fn create_student_with_a_taken_email_is_already_exists(backend: Backend) {
         .create_student(pb::CreateStudentRequest {
             name: "Another Ada".into(),
             email: "ADA@example.com".into(),
+            request_id: String::new(),
         })
         .await;
 

@@ -169,6 +169,7 @@ async fn ada_and_course(
         code: code.into(),
         title: format!("Course {code}"),
         capacity,
+        request_id: String::new(),
     };
     let course = courses
         .create_course(request)
@@ -390,6 +391,7 @@ async fn spans_still_buffered_at_shutdown_are_exported_before_exit() {
     let request = pb::CreateStudentRequest {
         name: "Ada".into(),
         email: "ada@example.com".into(),
+        request_id: String::new(),
     };
     students
         .create_student(traced(request))

@@ -37,6 +37,7 @@ async fn create_student(server: &ServerProcess) {
     let request = pb::CreateStudentRequest {
         name: "Ada".into(),
         email: "ada@example.com".into(),
+        request_id: String::new(),
     };
     students
         .create_student(traced(request))

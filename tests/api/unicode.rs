@@ -31,6 +31,7 @@ async fn create_course(
             code: code.into(),
             title: title.into(),
             capacity: 5,
+            request_id: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -46,6 +47,7 @@ async fn create_student(
         .create_student(pb::CreateStudentRequest {
             name: name.into(),
             email: email.into(),
+            request_id: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)

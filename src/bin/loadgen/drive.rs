@@ -193,5 +193,6 @@ fn next_batch(data: &Seeded, batch: usize) -> BatchAssignCoursesRequest {
     BatchAssignCoursesRequest {
         student_id: data.students[student],
         course_ids: data.assign_courses[first..first + batch].to_vec(),
+        request_id: String::new(),
     }
 }

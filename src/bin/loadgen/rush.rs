@@ -190,6 +190,7 @@ async fn seed(channels: &[Channel], args: &Args) -> Result<Catalogue, tonic::Sta
             code: format!("R{kind}{run}-{i}"),
             title: format!("Rush {kind} course {i}"),
             capacity,
+            request_id: String::new(),
         };
         Ok::<_, tonic::Status>(courses.create_course(request).await?.into_inner().id)
     };
@@ -213,6 +214,7 @@ async fn seed(channels: &[Channel], args: &Args) -> Result<Catalogue, tonic::Sta
                 let request = CreateStudentRequest {
                     name: format!("Rush Student {i}"),
                     email: format!("rush-{run}-{i}@example.com"),
+                    request_id: String::new(),
                 };
                 ids.push(client.create_student(request).await?.into_inner().id);
             }

@@ -35,6 +35,7 @@ pub(crate) async fn seed(channels: &[Channel], args: &Args) -> Result<Seeded, to
                 let request = CreateStudentRequest {
                     name: format!("Load Student {i}"),
                     email: format!("load-{run}-{i}@example.com"),
+                    request_id: String::new(),
                 };
                 Ok(client.create_student(request).await?.into_inner().id)
             }
@@ -87,6 +88,7 @@ async fn create_courses(
             code: format!("{kind}{run}-{i}"),
             title: format!("Load course {i}"),
             capacity: 0,
+            request_id: String::new(),
         };
         ids.push(client.create_course(request).await?.into_inner().id);
     }

@@ -84,6 +84,7 @@ async fn overload_is_answered_within_bounds_and_memory_stays_bounded(backend: Ba
             .create_student(pb::CreateStudentRequest {
                 name: format!("Student {i}"),
                 email: format!("s{i}@example.com"),
+                request_id: String::new(),
             })
             .await
             .expect("CreateStudent")
@@ -98,6 +99,7 @@ async fn overload_is_answered_within_bounds_and_memory_stays_bounded(backend: Ba
                 code: code.into(),
                 title: format!("Course {code}"),
                 capacity: 0,
+                request_id: String::new(),
             })
             .await
             .expect("CreateCourse")
