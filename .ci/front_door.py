@@ -45,6 +45,7 @@ def healthy():
 
 def run_service(command):
     print(f"$ {command}", flush=True)
+    started = time.monotonic()
     created = {name for name in os.listdir(ROOT)}
     service = subprocess.Popen(command, shell=True, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -55,7 +56,11 @@ def run_service(command):
             if time.monotonic() > deadline:
                 sys.exit(f"`{command}` did not answer a health check on {ADDRESS} in time")
             time.sleep(1)
-        print(f"front door: the service answers Health/Check SERVING on {ADDRESS}", flush=True)
+        print(
+            f"front door: the service answers Health/Check SERVING on {ADDRESS}, "
+            f"{time.monotonic() - started:.0f} s after the command (build included)",
+            flush=True,
+        )
         # SIGTERM goes to the server alone, as an orchestrator sends it; the shell and cargo
         # above it pass its exit status on (signalled themselves, they would die of it).
         server = subprocess.run(
@@ -80,8 +85,10 @@ def run_service(command):
 
 def run_tests(command):
     print(f"$ {command}", flush=True)
+    started = time.monotonic()
     tests = subprocess.run(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(tests.stdout)
+    print(f"front door: `{command}` took {time.monotonic() - started:.0f} s (build included)", flush=True)
     if tests.returncode != 0:
         sys.exit(f"`{command}` failed with {tests.returncode}")
     # CI has PostgreSQL and nats-server: nothing may be left out as ignored here.
