@@ -19,7 +19,7 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ADDRESS = "localhost:50051"
-# The first run compiles a release build of the whole tree.
+# The first run compiles the whole tree.
 START_TIMEOUT_SECONDS = 30 * 60
 
 
