@@ -50,6 +50,9 @@ pub struct Security {
     files: Arc<SecurityArgs>,
     /// The serving certificate's not-after time (Unix seconds), 0 when unknown.
     cert_expiry: Arc<AtomicI64>,
+    /// Each watched file's digest, taken before it was loaded: a change made after that is
+    /// seen by the watcher, however late it starts.
+    loaded: Arc<reload::Fingerprints>,
 }
 
 /// A serving certificate this close to its end is warned about at every load.
@@ -80,6 +83,7 @@ enum Gate {
 
 impl Security {
     pub fn load(args: &SecurityArgs) -> Result<Security, SecurityError> {
+        let loaded = reload::fingerprints(&watched_files(args, true));
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(tls::load(cert, key, args.tls_client_ca.as_deref())?),
             (None, None) if args.tls_client_ca.is_none() => None,
@@ -143,26 +147,18 @@ impl Security {
             mutual,
             files: Arc::new(args.clone()),
             cert_expiry,
+            loaded: Arc::new(loaded),
         })
+    }
+
+    /// The digests of the files as they were before they were loaded.
+    pub(crate) fn loaded(&self) -> &reload::Fingerprints {
+        &self.loaded
     }
 
     /// The files a reload reads, each with what it is.
     pub fn watched_files(&self) -> Vec<(PathBuf, Watched)> {
-        let files = &self.files;
-        let mut watched = Vec::new();
-        let mut add = |path: &Option<PathBuf>, what| {
-            if let Some(path) = path {
-                watched.push((path.clone(), what));
-            }
-        };
-        if self.tls.is_some() {
-            add(&files.tls_cert, Watched::TlsCert);
-            add(&files.tls_key, Watched::TlsCert);
-            add(&files.tls_client_ca, Watched::ClientCa);
-        }
-        add(&files.auth_tokens_file, Watched::Tokens);
-        add(&files.authz_policy, Watched::Policy);
-        watched
+        watched_files(&self.files, self.tls.is_some())
     }
 
     /// Loads every file again (SIGHUP).
@@ -340,6 +336,24 @@ impl Security {
         }
         Ok(Some(caller))
     }
+}
+
+/// The files of `args` a reload reads (the TLS ones only when TLS is on).
+fn watched_files(args: &SecurityArgs, tls: bool) -> Vec<(PathBuf, Watched)> {
+    let mut watched = Vec::new();
+    let mut add = |path: &Option<PathBuf>, what| {
+        if let Some(path) = path {
+            watched.push((path.clone(), what));
+        }
+    };
+    if tls {
+        add(&args.tls_cert, Watched::TlsCert);
+        add(&args.tls_key, Watched::TlsCert);
+        add(&args.tls_client_ca, Watched::ClientCa);
+    }
+    add(&args.auth_tokens_file, Watched::Tokens);
+    add(&args.authz_policy, Watched::Policy);
+    watched
 }
 
 /// Keeps the serving certificate's not-after time, warning when it is near.

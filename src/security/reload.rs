@@ -84,7 +84,8 @@ pub async fn watch(security: Security) {
     // Kept alive for as long as this runs; without events (the watcher could not start), the
     // periodic check still works.
     let _watcher = directory_watcher(&files, wake);
-    let mut seen = fingerprints(&files);
+    // As loaded, not as found now: a change between the load and this task's start counts.
+    let mut seen = security.loaded().clone();
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,8 +144,11 @@ fn directory_watcher(
     Some(watcher)
 }
 
+/// Each watched file's SHA-256 (`None` for one that cannot be read).
+pub type Fingerprints = HashMap<PathBuf, Option<[u8; 32]>>;
+
 /// Each file's SHA-256 now (`None` for one that cannot be read: a change too).
-fn fingerprints(files: &[(PathBuf, Watched)]) -> HashMap<PathBuf, Option<[u8; 32]>> {
+pub(super) fn fingerprints(files: &[(PathBuf, Watched)]) -> Fingerprints {
     files
         .iter()
         .map(|(path, _)| {

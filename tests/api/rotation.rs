@@ -300,3 +300,36 @@ async fn certificates_tokens_and_policy_rotate_under_load_without_failing_a_call
         assert!(!log.contains(secret), "a token in the log");
     }
 }
+
+/// A file whose changes no inotify watch can see (the configured path is a symlink into another
+/// directory, and the target is rewritten in place) is still reloaded, by the periodic check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_no_event_reports_is_found_by_the_periodic_check() {
+    let pki = Pki::new();
+    let watched = pki.dir.path().join("watched");
+    let elsewhere = pki.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&watched).expect("a directory");
+    std::fs::create_dir_all(&elsewhere).expect("a directory");
+    let target = elsewhere.join("tokens.txt");
+    std::fs::write(&target, format!("keeper {KEEPER}\nold {OLD}\n")).expect("write");
+    let tokens = watched.join("tokens.txt");
+    std::os::unix::fs::symlink(&target, &tokens).expect("symlink");
+    let args = student_service::config::SecurityArgs {
+        auth_tokens_file: Some(tokens),
+        ..Default::default()
+    };
+    let server = crate::security::SecureServer::start(&args).await;
+    let channel = server.plaintext();
+    list(&channel, OLD).await.expect("the old token works");
+
+    // Rewritten in place, in a directory nobody watches.
+    std::fs::write(&target, format!("keeper {KEEPER}\nnew {NEW}\n")).expect("rewrite");
+    let took = within_reload("the token removed by an unwatched change", || async {
+        matches!(list(&channel, OLD).await, Err(s) if s.code() == Code::Unauthenticated)
+    })
+    .await;
+    println!("found by the periodic check after {took:?}");
+    list(&channel, NEW).await.expect("the new token works");
+    list(&channel, KEEPER).await.expect("the kept token works");
+    server.stop().await;
+}
