@@ -274,19 +274,7 @@ fn with_deadline<T>(message: T) -> Request<T> {
 
 /// A random (version 4) UUID, for a create's `request_id`.
 fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    bytes.iter_mut().for_each(|byte| *byte = fastrand::u8(..));
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Runs `attempt` until it succeeds, fails with a code not worth retrying, or has been tried

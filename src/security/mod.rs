@@ -299,6 +299,10 @@ impl Security {
         headers: &HeaderMap,
         identity: Option<&ClientIdentity>,
     ) -> Result<Option<Caller>, Error> {
+        // Nothing to check (the default): no lookup of the path on every call.
+        if self.tokens.is_none() && self.policy.is_none() {
+            return Ok(None);
+        }
         let method = match gate(path) {
             Gate::Open => return Ok(None),
             Gate::Reflection if !self.auth_reflection => return Ok(None),
